@@ -1,0 +1,147 @@
+//! The agent's bpffs directory: everything that keeps a session alive after
+//! the CLI exits lives here, one directory per network namespace:
+//!
+//! ```text
+//! <bpffs>/mirror-agent/netns-<inode>/
+//!     maps/SOURCES  maps/SESSIONS  maps/COUNTERS
+//!     links/src-ingress-<ifindex>  links/src-egress-<ifindex>  links/dst-egress-<ifindex>
+//!     links/tc-…   (netlink fallback: the pinned program marks the filter as ours)
+//! ```
+use std::{
+    ffi::CString,
+    fs::{self, File},
+    io,
+    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::error::InputError;
+
+/// `statfs.f_type` of a bpffs mount.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// The agent's directory under the bpffs mount.
+const AGENT_DIR: &str = "mirror-agent";
+
+/// Paths of one network namespace's state.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub bpffs: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(bpffs: &Path, netns_id: u64) -> Self {
+        Self {
+            bpffs: bpffs.to_owned(),
+            dir: bpffs.join(AGENT_DIR).join(format!("netns-{netns_id}")),
+        }
+    }
+
+    pub fn agent_dir(&self) -> PathBuf {
+        self.bpffs.join(AGENT_DIR)
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.dir.join("maps")
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.dir.join("links")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    /// Removes the namespace's directory once nothing is pinned in it, and
+    /// the agent directory if no other namespace uses it.
+    pub fn remove_empty_dirs(&self) -> Result<()> {
+        for dir in [self.maps_dir(), self.links_dir(), self.dir.clone(), self.agent_dir()] {
+            match fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTEMPTY)) => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn statfs_magic(path: &Path) -> io::Result<i64> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `statfs` is plain old data; the kernel fills it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and a valid out pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type)
+}
+
+pub fn is_bpffs(path: &Path) -> bool {
+    statfs_magic(path).is_ok_and(|m| m == BPF_FS_MAGIC)
+}
+
+/// True when this process does not share PID 1's mount namespace — as under
+/// `ip netns exec`, which also remounts /sys.
+fn in_private_mount_namespace() -> bool {
+    match (fs::read_link("/proc/self/ns/mnt"), fs::read_link("/proc/1/ns/mnt")) {
+        (Ok(ours), Ok(init)) => ours != init,
+        _ => false,
+    }
+}
+
+/// Makes sure `bpffs` is a bpffs mount, mounting one if nothing is there.
+/// Refuses inside a private mount namespace, where a fresh mount (and every
+/// pin in it) would disappear with this process.
+pub fn ensure_mounted(bpffs: &Path) -> Result<()> {
+    if is_bpffs(bpffs) {
+        return Ok(());
+    }
+    if in_private_mount_namespace() {
+        return Err(InputError::PrivateMountNamespace {
+            bpffs: bpffs.display().to_string(),
+        }
+        .into());
+    }
+    fs::create_dir_all(bpffs).with_context(|| format!("creating {}", bpffs.display()))?;
+    let target = CString::new(bpffs.as_os_str().as_bytes())?;
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("mounting bpffs at {}", bpffs.display()));
+    }
+    tracing::info!(path = %bpffs.display(), "mounted bpffs");
+    Ok(())
+}
+
+/// An exclusive or shared `flock` on the namespace directory: serialises
+/// concurrent CLI invocations that change the same namespace's sessions.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    pub fn acquire(dir: &Path, exclusive: bool) -> Result<Self> {
+        let file = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("locking {}", dir.display()));
+        }
+        Ok(Self { _file: file })
+    }
+}

@@ -1,0 +1,386 @@
+//! The CLI's verbs. Each validates all input before touching anything, then
+//! changes the maps and reconciles the hooks under the namespace lock.
+use std::{fs, path::PathBuf, time::SystemTime};
+
+use anyhow::{Context as _, Result};
+use mirror_common::{
+    Counter, GLOBAL_SESSION_ID, SNAPLEN_MAX, SNAPLEN_MIN, SessionConfig, direction, names, reason,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    bpffs::{self, DirLock, Layout},
+    error::InputError,
+    hooks::{self, AttachMode},
+    iface,
+    store::{self, ReasonCounters, Session, Store},
+};
+
+/// Where the verbs operate.
+#[derive(Debug)]
+pub struct Context {
+    /// How the namespace was named on the command line (for messages).
+    pub netns_label: String,
+    pub layout: Layout,
+    pub mode: AttachMode,
+}
+
+/// Which of a source's directions a session taps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Direction {
+    Ingress,
+    Egress,
+    Both,
+}
+
+impl Direction {
+    fn mask(self) -> u32 {
+        match self {
+            Self::Ingress => direction::INGRESS_BIT,
+            Self::Egress => direction::EGRESS_BIT,
+            Self::Both => direction::INGRESS_BIT | direction::EGRESS_BIT,
+        }
+    }
+}
+
+fn mask_name(mask: u32) -> &'static str {
+    match mask {
+        m if m == direction::INGRESS_BIT => "ingress",
+        m if m == direction::EGRESS_BIT => "egress",
+        _ => "both",
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    /// Session name (letters, digits, '.', '_', '-'; at most 32 bytes).
+    #[arg(long)]
+    pub name: String,
+    /// Interface whose traffic is copied; repeat for many sources.
+    #[arg(long = "source", required = true)]
+    pub sources: Vec<String>,
+    /// Interface the copies are sent out of.
+    #[arg(long)]
+    pub dest: String,
+    /// From the source's point of view: ingress = received, egress = sent.
+    #[arg(long, value_enum, default_value_t = Direction::Both)]
+    pub direction: Direction,
+    /// Cut each copy to this many bytes from the Ethernet header; 0 = whole packet.
+    #[arg(long, default_value_t = 0)]
+    pub snaplen: u64,
+}
+
+fn resolve(ctx: &Context, name: &str) -> Result<u32, InputError> {
+    iface::index(name).ok_or_else(|| InputError::UnknownInterface {
+        name: name.to_owned(),
+        netns: ctx.netns_label.clone(),
+    })
+}
+
+pub fn attach(ctx: &Context, args: &AttachArgs) -> Result<()> {
+    // 1. Everything that can be checked without state.
+    let packed_name = store::pack_name(&args.name)?;
+    if args.snaplen != 0 && !(u64::from(SNAPLEN_MIN)..=u64::from(SNAPLEN_MAX)).contains(&args.snaplen) {
+        return Err(InputError::SnaplenOutOfRange(args.snaplen).into());
+    }
+    let mut sources: Vec<(String, u32)> = Vec::new();
+    for name in &args.sources {
+        let ifindex = resolve(ctx, name)?;
+        if sources.iter().any(|(_, i)| *i == ifindex) {
+            return Err(InputError::DuplicateSource(name.clone()).into());
+        }
+        sources.push((name.clone(), ifindex));
+    }
+    let dest_ifindex = resolve(ctx, &args.dest)?;
+    if sources.iter().any(|(_, i)| *i == dest_ifindex) {
+        return Err(InputError::DestinationIsSource(args.dest.clone()).into());
+    }
+    if iface::is_loopback(&args.dest) {
+        return Err(InputError::DestinationIsLoopback(args.dest.clone()).into());
+    }
+
+    // 2. Checks against existing sessions, under the lock.
+    bpffs::ensure_mounted(&ctx.layout.bpffs)?;
+    let layout = &ctx.layout;
+    fs::create_dir_all(&layout.dir).with_context(|| format!("creating {}", layout.dir.display()))?;
+    let _lock = DirLock::acquire(&layout.dir, true)?;
+    let config = SessionConfig {
+        name: packed_name,
+        dest_ifindex,
+        snaplen: args.snaplen as u32,
+        direction_mask: args.direction.mask(),
+        created_unix_secs: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        ..SessionConfig::EMPTY
+    };
+    if let Some(existing) = Store::open(layout)? {
+        if existing.find(&args.name)?.is_some() {
+            return Err(InputError::DuplicateSession(args.name.clone()).into());
+        }
+        existing.check_capacity(&sources, config.direction_mask)?;
+    }
+
+    // 3. Change: session first, then its destination hook, then sources.
+    let mut store = Store::open_or_create(layout)?;
+    let id = store.insert_session(&config)?;
+    let ifindexes: Vec<u32> = sources.iter().map(|(_, i)| *i).collect();
+    let result = hooks::reconcile(&store, layout, ctx.mode)
+        .and_then(|()| store.add_sources(id, &config, &ifindexes))
+        .and_then(|()| hooks::reconcile(&store, layout, ctx.mode));
+    if let Err(err) = result {
+        // Undo: nothing of this session may stay behind.
+        let undo = store
+            .remove_sources(id)
+            .and_then(|()| store.clear_session(id))
+            .and_then(|()| hooks::reconcile(&store, layout, ctx.mode))
+            .and_then(|()| cleanup_if_unused(store, layout));
+        if let Err(undo_err) = undo {
+            tracing::error!("rolling back session {}: {undo_err:#}", args.name);
+        }
+        return Err(err.context(format!("attaching session {:?}", args.name)));
+    }
+    tracing::info!(session = args.name, id, "session attached");
+    Ok(())
+}
+
+/// Unpins everything once no session is left in the namespace.
+fn cleanup_if_unused(store: Store, layout: &Layout) -> Result<()> {
+    if !store.sessions()?.is_empty() || hooks::attached_count(layout)? != 0 {
+        return Ok(());
+    }
+    drop(store);
+    for name in [names::SOURCES, names::SESSIONS, names::COUNTERS] {
+        match fs::remove_file(layout.map(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("unpinning {name}")),
+        }
+    }
+    layout.remove_empty_dirs()
+}
+
+pub fn detach(ctx: &Context, name: Option<&str>, all: bool) -> Result<()> {
+    let layout = &ctx.layout;
+    let unknown = || -> anyhow::Error { InputError::UnknownSession(name.unwrap_or_default().to_owned()).into() };
+    if !layout.dir.is_dir() {
+        return if all { Ok(()) } else { Err(unknown()) };
+    }
+    let _lock = DirLock::acquire(&layout.dir, true)?;
+    let Some(mut store) = Store::open(layout)? else {
+        return if all { layout.remove_empty_dirs() } else { Err(unknown()) };
+    };
+    let sessions = store.sessions()?;
+    let targets: Vec<&Session> = if all {
+        sessions.iter().collect()
+    } else {
+        let name = name.unwrap_or_default();
+        vec![sessions.iter().find(|s| s.name() == name).ok_or_else(unknown)?]
+    };
+    // Sources first so no new copy is made, then the hooks, then the config
+    // the destination hook still reads for copies in flight.
+    for s in &targets {
+        store.remove_sources(s.id)?;
+    }
+    hooks::reconcile(&store, layout, ctx.mode)?;
+    for s in &targets {
+        store.clear_session(s.id)?;
+    }
+    hooks::reconcile(&store, layout, ctx.mode)?;
+    cleanup_if_unused(store, layout)
+}
+
+fn session_json(s: &Session) -> Value {
+    let dest = s.config.dest_ifindex;
+    json!({
+        "id": s.id,
+        "name": s.name(),
+        "sources": s.sources.iter().map(|i| iface_json(*i)).collect::<Vec<_>>(),
+        "dest": iface_json(dest),
+        "dest_state": iface::state(dest).as_str(),
+        "direction": mask_name(s.config.direction_mask),
+        "snaplen": s.config.snaplen,
+        "created_unix_secs": s.config.created_unix_secs,
+    })
+}
+
+fn iface_json(ifindex: u32) -> Value {
+    json!({ "ifindex": ifindex, "name": iface::name(ifindex) })
+}
+
+fn iface_label(ifindex: u32) -> String {
+    iface::name(ifindex).unwrap_or_else(|| format!("#{ifindex}(gone)"))
+}
+
+fn open_read_only(ctx: &Context) -> Result<Option<(Store, DirLock)>> {
+    if !ctx.layout.dir.is_dir() {
+        return Ok(None);
+    }
+    let lock = DirLock::acquire(&ctx.layout.dir, false)?;
+    Ok(Store::open(&ctx.layout)?.map(|s| (s, lock)))
+}
+
+pub fn list(ctx: &Context, as_json: bool) -> Result<()> {
+    let sessions = match open_read_only(ctx)? {
+        Some((store, _lock)) => store.sessions()?,
+        None => Vec::new(),
+    };
+    if as_json {
+        let doc = json!({
+            "netns": ctx.netns_label,
+            "sessions": sessions.iter().map(session_json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    if sessions.is_empty() {
+        println!("no sessions (network namespace {})", ctx.netns_label);
+        return Ok(());
+    }
+    println!("{:<20} {:>4}  {:<9} {:>7}  {:<24} SOURCES", "NAME", "ID", "DIRECTION", "SNAPLEN", "DEST (STATE)");
+    for s in &sessions {
+        let dest = s.config.dest_ifindex;
+        let sources: Vec<String> = s.sources.iter().map(|i| iface_label(*i)).collect();
+        println!(
+            "{:<20} {:>4}  {:<9} {:>7}  {:<24} {}",
+            s.name(),
+            s.id,
+            mask_name(s.config.direction_mask),
+            if s.config.snaplen == 0 { "full".to_owned() } else { s.config.snaplen.to_string() },
+            format!("{} ({})", iface_label(dest), iface::state(dest).as_str()),
+            sources.join(","),
+        );
+    }
+    Ok(())
+}
+
+fn counter_json(c: Counter) -> Value {
+    json!({ "packets": c.packets, "bytes": c.bytes })
+}
+
+fn failed(counters: &ReasonCounters) -> Counter {
+    let mut total = Counter::default();
+    for (r, c) in counters.iter().enumerate() {
+        if reason::is_failure(r as u32) {
+            total.packets += c.packets;
+            total.bytes += c.bytes;
+        }
+    }
+    total
+}
+
+fn direction_json(counters: &ReasonCounters) -> Value {
+    let mut obj = serde_json::Map::new();
+    for (r, c) in counters.iter().enumerate() {
+        obj.insert(reason::NAMES[r].to_owned(), counter_json(*c));
+    }
+    obj.insert("failed".to_owned(), counter_json(failed(counters)));
+    Value::Object(obj)
+}
+
+const DIRECTIONS: [u32; 2] = [direction::INGRESS, direction::EGRESS];
+
+pub fn stats(ctx: &Context, name: Option<&str>, as_json: bool) -> Result<()> {
+    let opened = open_read_only(ctx)?;
+    let (sessions, counters, global) = match &opened {
+        Some((store, _)) => {
+            let mut sessions = store.sessions()?;
+            if let Some(name) = name {
+                sessions.retain(|s| s.name() == name);
+                if sessions.is_empty() {
+                    return Err(InputError::UnknownSession(name.to_owned()).into());
+                }
+            }
+            let counters = sessions
+                .iter()
+                .map(|s| DIRECTIONS.map(|d| store.counters(s.id, d)).into_iter().collect::<Result<Vec<_>>>())
+                .collect::<Result<Vec<_>>>()?;
+            let global = DIRECTIONS.map(|d| store.counters(GLOBAL_SESSION_ID, d));
+            let global = global.into_iter().collect::<Result<Vec<_>>>()?;
+            (sessions, counters, Some(global))
+        }
+        None if name.is_some() => {
+            return Err(InputError::UnknownSession(name.unwrap_or_default().to_owned()).into());
+        }
+        None => (Vec::new(), Vec::new(), None),
+    };
+
+    if as_json {
+        let sessions_json: Vec<Value> = sessions
+            .iter()
+            .zip(&counters)
+            .map(|(s, per_dir)| {
+                let mut v = session_json(s);
+                v["counters"] = json!({
+                    "ingress": direction_json(&per_dir[0]),
+                    "egress": direction_json(&per_dir[1]),
+                });
+                v
+            })
+            .collect();
+        let global_json = global.as_ref().map(|g| {
+            json!({
+                "ingress": {
+                    "no_session": counter_json(g[0][reason::NO_SESSION as usize]),
+                    "copy_not_remirrored": counter_json(g[0][reason::COPY_NOT_REMIRRORED as usize]),
+                },
+                "egress": {
+                    "no_session": counter_json(g[1][reason::NO_SESSION as usize]),
+                    "copy_not_remirrored": counter_json(g[1][reason::COPY_NOT_REMIRRORED as usize]),
+                },
+            })
+        });
+        let doc = json!({ "netns": ctx.netns_label, "sessions": sessions_json, "global": global_json });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+
+    if sessions.is_empty() {
+        println!("no sessions (network namespace {})", ctx.netns_label);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<8} {:>10} {:>12} {:>10} {:>12} {:>10} {:>8}  FAILURES",
+        "SESSION", "DIR", "MATCHED", "BYTES", "MIRRORED", "BYTES", "TRUNCATED", "FAILED"
+    );
+    for (s, per_dir) in sessions.iter().zip(&counters) {
+        for (d, c) in DIRECTIONS.iter().zip(per_dir) {
+            if s.config.direction_mask & (1 << d) == 0 {
+                continue;
+            }
+            let reasons: Vec<String> = c
+                .iter()
+                .enumerate()
+                .filter(|(r, c)| reason::is_failure(*r as u32) && c.packets != 0)
+                .map(|(r, c)| format!("{}={}", reason::NAMES[r], c.packets))
+                .collect();
+            println!(
+                "{:<20} {:<8} {:>10} {:>12} {:>10} {:>12} {:>10} {:>8}  {}",
+                s.name(),
+                store::direction_name(*d),
+                c[reason::MATCHED as usize].packets,
+                c[reason::MATCHED as usize].bytes,
+                c[reason::MIRRORED as usize].packets,
+                c[reason::MIRRORED as usize].bytes,
+                c[reason::TRUNCATED as usize].packets,
+                failed(c).packets,
+                if reasons.is_empty() { "-".to_owned() } else { reasons.join(" ") },
+            );
+        }
+        let state = iface::state(s.config.dest_ifindex);
+        if state != iface::LinkState::Up {
+            println!(
+                "{:<20} destination {} is {}",
+                "",
+                iface_label(s.config.dest_ifindex),
+                state.as_str()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Default bpffs mount point.
+pub fn default_bpffs() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf")
+}

@@ -1,0 +1,42 @@
+//! Errors an operator can act on. Each names the thing that is wrong; all of
+//! them are raised before anything is changed.
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("unknown interface {name:?} (network namespace {netns})")]
+    UnknownInterface { name: String, netns: String },
+    #[error("destination {0:?} is also a source of this session: every copy would be copied again")]
+    DestinationIsSource(String),
+    #[error("destination {0:?} is a loopback device: copies would be fed back into this host's own stack")]
+    DestinationIsLoopback(String),
+    #[error("source {0:?} is given twice")]
+    DuplicateSource(String),
+    #[error("invalid snaplen {0}: use 0 (whole packet) or {min}..={max} bytes", min = mirror_common::SNAPLEN_MIN, max = mirror_common::SNAPLEN_MAX)]
+    SnaplenOutOfRange(u64),
+    #[error("invalid session name {name:?}: {why}")]
+    InvalidSessionName { name: String, why: &'static str },
+    #[error("a session named {0:?} already exists")]
+    DuplicateSession(String),
+    #[error("no session named {0:?}")]
+    UnknownSession(String),
+    #[error("source {source_name:?} ({direction}) already feeds {max} sessions, the most one source can feed", max = mirror_common::MAX_SESSIONS_PER_SOURCE)]
+    SourceFull { source_name: String, direction: &'static str },
+    #[error("all {} session slots are in use", mirror_common::MAX_SESSIONS - 1)]
+    SessionTableFull,
+    #[error("network namespace {name:?} not found (looked for {path})")]
+    UnknownNetns {
+        name: String,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "this process runs in a private mount namespace where {bpffs} is not a bpffs \
+         (typically `ip netns exec`, which remounts /sys): pinned sessions would vanish \
+         when the command exits. Run `mirror-agent --netns NAME ...` instead"
+    )]
+    PrivateMountNamespace { bpffs: String },
+    #[error("the agent was built without its eBPF object (AYA_BUILD_SKIP); rebuild it normally")]
+    NoEbpfObject,
+}

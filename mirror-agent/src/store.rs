@@ -1,0 +1,274 @@
+//! Session state, kept entirely in the pinned maps: bpffs is the single
+//! source of truth, so any later invocation sees what an earlier one did.
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    util::nr_cpus,
+};
+use mirror_common::{
+    Counter, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, SESSION_NAME_LEN, SessionConfig, SessionSlot,
+    SourceEntry, SourceKey, counter_index, direction, names, reason,
+};
+
+use crate::{bpffs::Layout, error::InputError};
+
+/// The eBPF object built by `build.rs`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror"));
+
+/// Loads the eBPF object with its maps pinned under `layout` (reusing the
+/// pinned ones when they exist).
+pub fn load_object(layout: &Layout) -> Result<aya::Ebpf> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(InputError::NoEbpfObject.into());
+    }
+    let maps = layout.maps_dir();
+    std::fs::create_dir_all(&maps).with_context(|| format!("creating {}", maps.display()))?;
+    EbpfLoader::new()
+        .default_map_pin_directory(&maps)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")
+}
+
+/// A session as the agent sees it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: u32,
+    pub config: SessionConfig,
+    /// Source ifindexes, in the order they were given.
+    pub sources: Vec<u32>,
+}
+
+impl Session {
+    pub fn name(&self) -> &str {
+        name_of(&self.config)
+    }
+}
+
+pub fn name_of(config: &SessionConfig) -> &str {
+    let len = config.name.iter().position(|b| *b == 0).unwrap_or(SESSION_NAME_LEN);
+    std::str::from_utf8(&config.name[..len]).unwrap_or("<invalid>")
+}
+
+/// Checks a session name and packs it for the map.
+pub fn pack_name(name: &str) -> Result<[u8; SESSION_NAME_LEN], InputError> {
+    let invalid = |why| InputError::InvalidSessionName { name: name.to_owned(), why };
+    if name.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if name.len() > SESSION_NAME_LEN {
+        return Err(invalid("longer than 32 bytes"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        || !name.as_bytes()[0].is_ascii_alphanumeric()
+    {
+        return Err(invalid("use letters, digits, '.', '_' and '-', starting with a letter or digit"));
+    }
+    let mut out = [0; SESSION_NAME_LEN];
+    out[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(out)
+}
+
+/// Packets and bytes per reason for one session and direction.
+pub type ReasonCounters = [Counter; reason::COUNT as usize];
+
+/// Typed handles on the three pinned maps.
+pub struct Store {
+    sources: HashMap<MapData, SourceKey, SourceEntry>,
+    sessions: Array<MapData, SessionConfig>,
+    counters: PerCpuArray<MapData, Counter>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+fn open_pinned(layout: &Layout, name: &str) -> Result<Option<MapData>> {
+    match MapData::from_pin(layout.map(name)) {
+        Ok(m) => Ok(Some(m)),
+        Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("opening pinned map {name}")),
+    }
+}
+
+impl Store {
+    /// Opens the namespace's maps; `None` if no session was ever created there.
+    pub fn open(layout: &Layout) -> Result<Option<Self>> {
+        let (Some(sources), Some(sessions), Some(counters)) = (
+            open_pinned(layout, names::SOURCES)?,
+            open_pinned(layout, names::SESSIONS)?,
+            open_pinned(layout, names::COUNTERS)?,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            sources: HashMap::try_from(Map::HashMap(sources))?,
+            sessions: Array::try_from(Map::Array(sessions))?,
+            counters: PerCpuArray::try_from(Map::PerCpuArray(counters))?,
+        }))
+    }
+
+    /// Opens the maps, creating and pinning them first if needed.
+    pub fn open_or_create(layout: &Layout) -> Result<Self> {
+        if let Some(store) = Self::open(layout)? {
+            return Ok(store);
+        }
+        drop(load_object(layout)?);
+        Self::open(layout)?.context("maps missing right after pinning them")
+    }
+
+    /// Every session, by id, with its sources.
+    pub fn sessions(&self) -> Result<Vec<Session>> {
+        let mut by_id: BTreeMap<u32, Session> = BTreeMap::new();
+        for id in 1..MAX_SESSIONS {
+            let config = self.sessions.get(&id, 0).context("reading SESSIONS")?;
+            if !config.is_free() {
+                by_id.insert(id, Session { id, config, sources: Vec::new() });
+            }
+        }
+        for item in self.sources.iter() {
+            let (key, entry) = item.context("reading SOURCES")?;
+            for slot in &entry.slots[..entry.slot_count as usize] {
+                if let Some(s) = by_id.get_mut(&slot.session_id)
+                    && !s.sources.contains(&key.ifindex)
+                {
+                    s.sources.push(key.ifindex);
+                }
+            }
+        }
+        Ok(by_id.into_values().collect())
+    }
+
+    /// Every (source, direction) hook with its entry.
+    pub fn source_hooks(&self) -> Result<Vec<(SourceKey, SourceEntry)>> {
+        self.sources
+            .iter()
+            .map(|r| r.context("reading SOURCES"))
+            .collect()
+    }
+
+    pub fn find(&self, name: &str) -> Result<Option<Session>> {
+        Ok(self.sessions()?.into_iter().find(|s| s.name() == name))
+    }
+
+    fn free_id(&self) -> Result<u32> {
+        for id in 1..MAX_SESSIONS {
+            if self.sessions.get(&id, 0).context("reading SESSIONS")?.is_free() {
+                return Ok(id);
+            }
+        }
+        Err(InputError::SessionTableFull.into())
+    }
+
+    /// Checks that every (source, direction) can take one more session.
+    pub fn check_capacity(&self, sources: &[(String, u32)], direction_mask: u32) -> Result<()> {
+        for (name, ifindex) in sources {
+            for dir in directions(direction_mask) {
+                let key = SourceKey { ifindex: *ifindex, direction: dir };
+                if let Ok(entry) = self.sources.get(&key, 0)
+                    && entry.slot_count as usize >= MAX_SESSIONS_PER_SOURCE
+                {
+                    return Err(InputError::SourceFull {
+                        source_name: name.clone(),
+                        direction: direction_name(dir),
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the session's configuration (with fresh counters) and returns
+    /// its id. Sources are added separately, once the destination is ready.
+    pub fn insert_session(&mut self, config: &SessionConfig) -> Result<u32> {
+        let id = self.free_id()?;
+        let cpus = nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        for dir in [direction::INGRESS, direction::EGRESS] {
+            for r in 0..reason::COUNT {
+                let zero = PerCpuValues::try_from(vec![Counter::default(); cpus])?;
+                self.counters.set(counter_index(id, dir, r), zero, 0)?;
+            }
+        }
+        self.sessions.set(id, config, 0).context("writing SESSIONS")?;
+        Ok(id)
+    }
+
+    /// Appends the session to each source hook it taps.
+    pub fn add_sources(&mut self, id: u32, config: &SessionConfig, sources: &[u32]) -> Result<()> {
+        for &ifindex in sources {
+            for dir in directions(config.direction_mask) {
+                let key = SourceKey { ifindex, direction: dir };
+                let mut entry = self.sources.get(&key, 0).unwrap_or_default();
+                let n = entry.slot_count as usize;
+                anyhow::ensure!(n < MAX_SESSIONS_PER_SOURCE, "source {ifindex} is full");
+                entry.slots[n] = SessionSlot {
+                    session_id: id,
+                    dest_ifindex: config.dest_ifindex,
+                    snaplen: config.snaplen,
+                    flags: 0,
+                };
+                entry.slot_count += 1;
+                self.sources.insert(key, entry, 0).context("writing SOURCES")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the session off every source hook (deleting hooks left empty).
+    pub fn remove_sources(&mut self, id: u32) -> Result<()> {
+        for (key, entry) in self.source_hooks()? {
+            let kept: Vec<SessionSlot> = entry.slots[..entry.slot_count as usize]
+                .iter()
+                .copied()
+                .filter(|s| s.session_id != id)
+                .collect();
+            if kept.len() == entry.slot_count as usize {
+                continue;
+            }
+            if kept.is_empty() {
+                self.sources.remove(&key).context("deleting from SOURCES")?;
+            } else {
+                let mut new = SourceEntry { slot_count: kept.len() as u32, ..Default::default() };
+                new.slots[..kept.len()].copy_from_slice(&kept);
+                self.sources.insert(key, new, 0).context("writing SOURCES")?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn clear_session(&mut self, id: u32) -> Result<()> {
+        self.sessions.set(id, SessionConfig::EMPTY, 0).context("writing SESSIONS")
+    }
+
+    /// Counters of one session (or [`mirror_common::GLOBAL_SESSION_ID`]) and
+    /// direction, summed over CPUs.
+    pub fn counters(&self, id: u32, dir: u32) -> Result<ReasonCounters> {
+        let mut out = [Counter::default(); reason::COUNT as usize];
+        for (r, slot) in out.iter_mut().enumerate() {
+            let per_cpu = self.counters.get(&counter_index(id, dir, r as u32), 0)?;
+            for c in per_cpu.iter() {
+                slot.packets += c.packets;
+                slot.bytes += c.bytes;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The directions set in a session's direction mask.
+pub fn directions(mask: u32) -> impl Iterator<Item = u32> {
+    [direction::INGRESS, direction::EGRESS]
+        .into_iter()
+        .filter(move |d| mask & (1 << d) != 0)
+}
+
+pub fn direction_name(dir: u32) -> &'static str {
+    if dir == direction::INGRESS { "ingress" } else { "egress" }
+}

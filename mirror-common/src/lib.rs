@@ -1,0 +1,299 @@
+//! The contract between the kernel programs (`mirror-ebpf`) and the agent
+//! (`mirror-agent`): map layouts, copy tagging and reason codes.
+//!
+//! Every struct that crosses the boundary is `#[repr(C)]`, has explicit
+//! padding and a size assertion, and holds only fixed-width integers (no
+//! `bool`, enum or `Option`: the kernel side reads raw bytes). The numeric
+//! values here are a stable contract: pinned maps outlive agent upgrades,
+//! and dashboards key on reason codes. Append; never renumber.
+#![no_std]
+
+/// Packet direction, from the *source* interface's point of view.
+pub mod direction {
+    /// Packets the source interface receives (tc ingress hook).
+    pub const INGRESS: u32 = 0;
+    /// Packets the source interface sends (tc egress hook).
+    pub const EGRESS: u32 = 1;
+    /// Number of directions; sizes counter indexing.
+    pub const COUNT: u32 = 2;
+
+    /// Bit of [`super::SessionConfig::direction_mask`] for ingress.
+    pub const INGRESS_BIT: u32 = 1 << INGRESS;
+    /// Bit of [`super::SessionConfig::direction_mask`] for egress.
+    pub const EGRESS_BIT: u32 = 1 << EGRESS;
+}
+
+/// Why a counter moved. Counted per session and direction in `COUNTERS`.
+///
+/// 0–7 describe selection and delivery; 8–13 are failures, each of which
+/// leaves the original packet untouched (fail-open); 14–15 are counted on
+/// the program-wide pseudo session [`GLOBAL_SESSION_ID`].
+pub mod reason {
+    /// The packet was selected by the session (before any copy attempt).
+    pub const MATCHED: u32 = 0;
+    /// A copy was handed to the destination's transmit path.
+    pub const MIRRORED: u32 = 1;
+    /// The copy is cut to the session's snap length; bytes = bytes cut.
+    pub const TRUNCATED: u32 = 2;
+    /// Reserved: not selected by the session's filter.
+    pub const FILTERED: u32 = 3;
+    /// Reserved: skipped by the session's sampling.
+    pub const SAMPLED_OUT: u32 = 4;
+    /// Reserved: skipped by the session's rate limit.
+    pub const RATE_LIMITED: u32 = 5;
+    /// Destination is administratively down (`-ENETDOWN`).
+    pub const DEST_DOWN: u32 = 8;
+    /// Destination ifindex does not exist (deleted) (`-EINVAL`).
+    pub const DEST_MISSING: u32 = 9;
+    /// The kernel could not clone or unclone the packet (`-ENOMEM`).
+    pub const CLONE_FAILED: u32 = 10;
+    /// The destination's queue refused the copy (`NET_XMIT_DROP`/`_CN`).
+    pub const DEST_QUEUE_DROP: u32 = 11;
+    /// The copy could not be cut to the snap length; it was dropped
+    /// rather than sent longer than the operator allowed.
+    pub const SNAP_FAILED: u32 = 12;
+    /// Any other redirect error (e.g. a source without a link-layer header).
+    pub const REDIRECT_FAILED: u32 = 13;
+    /// A source hook ran but no session is registered for it (map miss).
+    pub const NO_SESSION: u32 = 14;
+    /// A packet carrying the copy tag reached a source hook and was not
+    /// mirrored again (loop prevention).
+    pub const COPY_NOT_REMIRRORED: u32 = 15;
+    /// Number of reason slots per (session, direction).
+    pub const COUNT: u32 = 16;
+
+    /// Stable names, indexed by reason code; used in CLI output and metrics.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "matched",
+        "mirrored",
+        "truncated",
+        "filtered",
+        "sampled_out",
+        "rate_limited",
+        "reserved_6",
+        "reserved_7",
+        "dest_down",
+        "dest_missing",
+        "clone_failed",
+        "dest_queue_drop",
+        "snap_failed",
+        "redirect_failed",
+        "no_session",
+        "copy_not_remirrored",
+    ];
+
+    /// True for the codes that count a copy that did not reach the destination.
+    pub const fn is_failure(reason: u32) -> bool {
+        reason >= DEST_DOWN && reason <= REDIRECT_FAILED
+    }
+}
+
+/// Session ids index `SESSIONS` and `COUNTERS`; id 0 is the program-wide
+/// pseudo session, so real sessions are `1..MAX_SESSIONS`.
+pub const MAX_SESSIONS: u32 = 4096;
+/// Counters that belong to no session (map misses, copies not re-mirrored).
+pub const GLOBAL_SESSION_ID: u32 = 0;
+/// Fan-out limit: sessions one (source, direction) can feed.
+pub const MAX_SESSIONS_PER_SOURCE: usize = 8;
+/// (source ifindex, direction) hooks one network namespace can hold.
+pub const MAX_SOURCE_HOOKS: u32 = 16384;
+/// Session names are stored NUL-padded in the session map.
+pub const SESSION_NAME_LEN: usize = 32;
+/// `COUNTERS` entries: one per (session, direction, reason).
+pub const COUNTER_SLOTS: u32 = MAX_SESSIONS * direction::COUNT * reason::COUNT;
+
+/// Smallest snap length accepted: 64 bytes is the minimum Ethernet frame
+/// and still holds Ethernet + 802.1Q + IPv4 + TCP/UDP headers. 0 = no cut.
+pub const SNAPLEN_MIN: u32 = 64;
+/// Largest snap length accepted (the largest frame tc will hand us).
+pub const SNAPLEN_MAX: u32 = 65535;
+
+/// Copies carry a tag in `skb->mark` so that no hook mirrors a copy again
+/// and the destination hook knows which session a copy belongs to.
+/// Layout: `MAGIC (upper 16 bits) | direction (bit 15) | session id (bits 0..12)`.
+/// The original packet's mark is restored after cloning.
+pub mod copy_mark {
+    /// Upper 16 bits of a copy's mark ("MI").
+    pub const MAGIC: u32 = 0x4d49_0000;
+    /// Mask selecting the magic.
+    pub const MAGIC_MASK: u32 = 0xffff_0000;
+    /// Set when the copy was taken on the source's egress.
+    pub const EGRESS_BIT: u32 = 1 << 15;
+    /// Mask selecting the session id.
+    pub const SESSION_MASK: u32 = 0x0fff;
+
+    /// The mark a copy of `session_id`'s `direction` traffic carries.
+    pub const fn encode(session_id: u32, direction: u32) -> u32 {
+        MAGIC | (direction << 15) | (session_id & SESSION_MASK)
+    }
+
+    /// True if `mark` is a copy tag.
+    pub const fn is_copy(mark: u32) -> bool {
+        mark & MAGIC_MASK == MAGIC
+    }
+}
+
+// The session id must fit the mark's session field.
+const _: () = assert!(MAX_SESSIONS - 1 <= copy_mark::SESSION_MASK);
+
+/// Index of a counter in `COUNTERS`.
+#[inline(always)]
+pub const fn counter_index(session_id: u32, direction: u32, reason: u32) -> u32 {
+    (session_id * direction::COUNT + direction) * reason::COUNT + reason
+}
+
+/// `SOURCES` key: one hook of one source interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub ifindex: u32,
+    /// [`direction::INGRESS`] or [`direction::EGRESS`].
+    pub direction: u32,
+}
+const _: () = assert!(size_of::<SourceKey>() == 8);
+
+/// One session fed by a source hook: everything the hot path needs, so a
+/// packet costs a single hash lookup however many sessions it feeds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionSlot {
+    pub session_id: u32,
+    pub dest_ifindex: u32,
+    /// 0 = whole packet.
+    pub snaplen: u32,
+    /// Reserved for per-slot selection flags (filter present, sampling…).
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<SessionSlot>() == 16);
+
+/// `SOURCES` value: the sessions one (source, direction) feeds, in order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceEntry {
+    /// Valid entries at the front of `slots`.
+    pub slot_count: u32,
+    pub _pad: u32,
+    pub slots: [SessionSlot; MAX_SESSIONS_PER_SOURCE],
+}
+const _: () = assert!(size_of::<SourceEntry>() == 8 + 16 * MAX_SESSIONS_PER_SOURCE);
+
+/// `SESSIONS` value, indexed by session id. An all-zero entry is free.
+///
+/// The kernel reads `snaplen` at the destination hook (and, next, the
+/// encapsulation fields); the agent keeps the session's identity here too so
+/// that bpffs is the single source of truth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// NUL-padded UTF-8 name; empty = free slot.
+    pub name: [u8; SESSION_NAME_LEN],
+    pub dest_ifindex: u32,
+    /// 0 = whole packet.
+    pub snaplen: u32,
+    /// [`direction::INGRESS_BIT`] | [`direction::EGRESS_BIT`].
+    pub direction_mask: u32,
+    /// Reserved for session flags (inline mode, …).
+    pub flags: u32,
+    /// When the session was created (seconds since the Unix epoch).
+    pub created_unix_secs: u64,
+    /// Reserved: index into a future filter program map (0 = match all).
+    pub filter_id: u32,
+    /// Reserved: keep one packet in N (0 = all).
+    pub sample_every: u32,
+    /// Reserved: copies per second budget (0 = unlimited).
+    pub rate_limit_pps: u32,
+    /// Reserved: 0 = copy the frame as is; later VXLAN/GENEVE/ERSPAN.
+    pub encap_kind: u32,
+    /// Reserved for the encapsulation parameters (addresses, VNI, ports).
+    pub _reserved: [u32; 8],
+}
+const _: () = assert!(size_of::<SessionConfig>() == 32 + 16 + 8 + 16 + 32);
+
+impl SessionConfig {
+    /// A free slot.
+    pub const EMPTY: Self = Self {
+        name: [0; SESSION_NAME_LEN],
+        dest_ifindex: 0,
+        snaplen: 0,
+        direction_mask: 0,
+        flags: 0,
+        created_unix_secs: 0,
+        filter_id: 0,
+        sample_every: 0,
+        rate_limit_pps: 0,
+        encap_kind: 0,
+        _reserved: [0; 8],
+    };
+
+    /// True if no session occupies this slot.
+    pub fn is_free(&self) -> bool {
+        self.name[0] == 0
+    }
+}
+
+/// `COUNTERS` value (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<Counter>() == 16);
+
+/// Names of the pinned maps and programs: the agent finds them by these.
+pub mod names {
+    pub const SOURCES: &str = "SOURCES";
+    pub const SESSIONS: &str = "SESSIONS";
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Attached at tc ingress of a source interface.
+    pub const PROG_SRC_INGRESS: &str = "mirror_src_ingress";
+    /// Attached at tc egress of a source interface.
+    pub const PROG_SRC_EGRESS: &str = "mirror_src_egress";
+    /// Attached at tc egress of a destination that cuts copies.
+    pub const PROG_DST_EGRESS: &str = "mirror_dst_egress";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::{Counter, SessionConfig, SourceEntry, SourceKey};
+    // SAFETY: all four are `repr(C)`, made only of integers, with every
+    // padding byte an explicit field, so any bit pattern is valid.
+    unsafe impl aya::Pod for SourceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SourceEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SessionConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Counter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_mark_round_trips_session_and_direction() {
+        let m = copy_mark::encode(MAX_SESSIONS - 1, direction::EGRESS);
+        assert!(copy_mark::is_copy(m));
+        assert_eq!(m & copy_mark::SESSION_MASK, MAX_SESSIONS - 1);
+        assert_ne!(m & copy_mark::EGRESS_BIT, 0);
+        assert!(!copy_mark::is_copy(0));
+        assert!(!copy_mark::is_copy(0x4000));
+    }
+
+    #[test]
+    fn counter_indexes_are_dense_and_in_range() {
+        assert_eq!(counter_index(0, 0, 0), 0);
+        assert_eq!(counter_index(0, 0, reason::COUNT - 1) + 1, counter_index(0, 1, 0));
+        let last = counter_index(MAX_SESSIONS - 1, direction::EGRESS, reason::COUNT - 1);
+        assert_eq!(last, COUNTER_SLOTS - 1);
+    }
+
+    #[test]
+    fn failure_reasons_are_exactly_the_delivery_errors() {
+        let failures: usize = (0..reason::COUNT).filter(|r| reason::is_failure(*r)).count();
+        assert_eq!(failures, 6);
+        assert!(!reason::is_failure(reason::MIRRORED));
+        assert!(!reason::is_failure(reason::NO_SESSION));
+    }
+}

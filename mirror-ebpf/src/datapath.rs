@@ -1,0 +1,152 @@
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, __sk_buff},
+    helpers::generated::{bpf_clone_redirect, bpf_skb_change_tail},
+    macros::{classifier, map},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::TcContext,
+};
+use mirror_common::{
+    COUNTER_SLOTS, Counter, GLOBAL_SESSION_ID, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
+    MAX_SOURCE_HOOKS, SessionConfig, SourceEntry, SourceKey, copy_mark, counter_index, direction,
+    reason,
+};
+
+/// (source ifindex, direction) → the sessions that hook feeds.
+#[map]
+static SOURCES: HashMap<SourceKey, SourceEntry> = HashMap::pinned(MAX_SOURCE_HOOKS, 0);
+
+/// Session id → configuration; read here for the snap length of copies.
+#[map]
+static SESSIONS: Array<SessionConfig> = Array::pinned(MAX_SESSIONS, 0);
+
+/// (session, direction, reason) → packets and bytes, per CPU so that no two
+/// CPUs ever write the same cache line.
+#[map]
+static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+// errno values returned by `bpf_clone_redirect` (negated).
+const ENOMEM: i64 = 12;
+const EINVAL: i64 = 22;
+const ENETDOWN: i64 = 100;
+
+/// Attached at tcx/ingress of every source with an ingress session.
+#[classifier]
+pub fn mirror_src_ingress(ctx: TcContext) -> i32 {
+    mirror_from_source(&ctx, direction::INGRESS);
+    TC_ACT_UNSPEC
+}
+
+/// Attached at tcx/egress of every source with an egress session.
+#[classifier]
+pub fn mirror_src_egress(ctx: TcContext) -> i32 {
+    mirror_from_source(&ctx, direction::EGRESS);
+    TC_ACT_UNSPEC
+}
+
+/// Attached at tcx/egress of a destination that receives cut copies. Lets
+/// everything that is not one of our copies pass untouched.
+#[classifier]
+pub fn mirror_dst_egress(ctx: TcContext) -> i32 {
+    prepare_copy(&ctx)
+}
+
+#[inline(always)]
+fn count(session_id: u32, direction: u32, reason: u32, bytes: u32) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(counter_index(session_id, direction, reason)) {
+        // SAFETY: a per-CPU slot is only written by this CPU, with preemption
+        // off for the program's run; the pointer comes from a successful lookup.
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += u64::from(bytes);
+        }
+    }
+}
+
+/// Maps a `bpf_clone_redirect` result to the reason it is counted under.
+#[inline(always)]
+fn redirect_outcome(ret: i64) -> u32 {
+    match ret {
+        0 => reason::MIRRORED,
+        r if r == -ENETDOWN => reason::DEST_DOWN,
+        r if r == -EINVAL => reason::DEST_MISSING,
+        r if r == -ENOMEM => reason::CLONE_FAILED,
+        // NET_XMIT_DROP / NET_XMIT_CN from the destination's qdisc.
+        r if r > 0 => reason::DEST_QUEUE_DROP,
+        _ => reason::REDIRECT_FAILED,
+    }
+}
+
+#[inline(always)]
+fn mirror_from_source(ctx: &TcContext, direction: u32) {
+    let skb: *mut __sk_buff = ctx.skb.skb;
+    // SAFETY: `skb` is the context pointer the kernel handed this program;
+    // `mark`, `ifindex` and `len` are readable context fields.
+    let (mark, ifindex, len) = unsafe { ((*skb).mark, (*skb).ifindex, (*skb).len) };
+
+    if copy_mark::is_copy(mark) {
+        count(GLOBAL_SESSION_ID, direction, reason::COPY_NOT_REMIRRORED, len);
+        return;
+    }
+    let key = SourceKey { ifindex, direction };
+    let Some(entry) = SOURCES.get_ptr(&key) else {
+        count(GLOBAL_SESSION_ID, direction, reason::NO_SESSION, len);
+        return;
+    };
+    // SAFETY: a hash map value stays valid for the whole program run (RCU);
+    // an agent update swaps in a new element and frees the old one later.
+    let slot_count = unsafe { (*entry).slot_count };
+
+    for i in 0..MAX_SESSIONS_PER_SOURCE {
+        if i as u32 >= slot_count {
+            break;
+        }
+        // SAFETY: as above; `i` is bounded by the array length.
+        let slot = unsafe { (*entry).slots[i] };
+        count(slot.session_id, direction, reason::MATCHED, len);
+
+        // Tag the original so that the clone carries the tag, then restore.
+        ctx.set_mark(copy_mark::encode(slot.session_id, direction));
+        // SAFETY: helper call with the program's own context.
+        let ret = unsafe { bpf_clone_redirect(skb, slot.dest_ifindex, 0) };
+        let outcome = redirect_outcome(ret);
+        if outcome == reason::MIRRORED && slot.snaplen != 0 && len > slot.snaplen {
+            count(slot.session_id, direction, reason::TRUNCATED, len - slot.snaplen);
+            count(slot.session_id, direction, outcome, slot.snaplen);
+        } else {
+            count(slot.session_id, direction, outcome, len);
+        }
+    }
+    ctx.set_mark(mark);
+}
+
+#[inline(always)]
+fn prepare_copy(ctx: &TcContext) -> i32 {
+    let skb: *mut __sk_buff = ctx.skb.skb;
+    // SAFETY: readable context fields of the program's own context.
+    let (mark, len) = unsafe { ((*skb).mark, (*skb).len) };
+    if !copy_mark::is_copy(mark) {
+        return TC_ACT_UNSPEC;
+    }
+    let session_id = mark & copy_mark::SESSION_MASK;
+    let direction = u32::from(mark & copy_mark::EGRESS_BIT != 0);
+    let Some(session) = SESSIONS.get(session_id) else {
+        return TC_ACT_UNSPEC;
+    };
+    let snaplen = session.snaplen;
+    if snaplen != 0 && len > snaplen {
+        // SAFETY: helper call with the program's own context; the skb is our
+        // clone, so cutting it never touches the original's data.
+        let ret = unsafe { bpf_skb_change_tail(skb, snaplen, 0) };
+        if ret != 0 {
+            // Never send more than the operator allowed: drop this copy only.
+            count(session_id, direction, reason::SNAP_FAILED, len);
+            return TC_ACT_SHOT;
+        }
+    }
+    TC_ACT_UNSPEC
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
