@@ -2,10 +2,11 @@
 //! the CLI exits lives here, one directory per network namespace:
 //!
 //! ```text
-//! <bpffs>/mirror-agent/netns-<inode>/
+//! <bpffs>/mirror-agent/netns-cookie-<netns cookie>/
 //!     maps/SOURCES  maps/SESSIONS  maps/COUNTERS
 //!     links/src-ingress-<ifindex>  links/src-egress-<ifindex>  links/dst-egress-<ifindex>
-//!     links/tc-…   (netlink fallback: the pinned program marks the filter as ours)
+//!     links/tc-<hook>-<ifindex>-<prio>-<handle>[+qdisc]
+//!                  (clsact fallback: the pinned program marks the filter as ours)
 //! ```
 use std::{
     ffi::CString,
@@ -32,7 +33,7 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn new(bpffs: &Path, netns_id: u64) -> Self {
+    pub fn new(bpffs: &Path, netns_id: &str) -> Self {
         Self {
             bpffs: bpffs.to_owned(),
             dir: bpffs.join(AGENT_DIR).join(format!("netns-{netns_id}")),
@@ -84,13 +85,31 @@ pub fn is_bpffs(path: &Path) -> bool {
     statfs_magic(path).is_ok_and(|m| m == BPF_FS_MAGIC)
 }
 
-/// True when this process does not share PID 1's mount namespace — as under
-/// `ip netns exec`, which also remounts /sys.
+/// True when this process runs in a mount namespace of its own whose mounts
+/// vanish with it. Two signs: PID 1's mount namespace differs from ours (when
+/// readable), or /sys is the sysfs `ip netns exec` mounts, whose source is
+/// the name of the namespace (an entry of /run/netns).
 fn in_private_mount_namespace() -> bool {
-    match (fs::read_link("/proc/self/ns/mnt"), fs::read_link("/proc/1/ns/mnt")) {
-        (Ok(ours), Ok(init)) => ours != init,
-        _ => false,
+    if let (Ok(ours), Ok(init)) = (fs::read_link("/proc/self/ns/mnt"), fs::read_link("/proc/1/ns/mnt"))
+        && ours != init
+    {
+        return true;
     }
+    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    mountinfo.lines().any(|line| {
+        let mut halves = line.splitn(2, " - ");
+        let (Some(head), Some(tail)) = (halves.next(), halves.next()) else {
+            return false;
+        };
+        let mount_point = head.split(' ').nth(4);
+        let mut tail = tail.split(' ');
+        let (fstype, source) = (tail.next(), tail.next());
+        mount_point == Some("/sys")
+            && fstype == Some("sysfs")
+            && source.is_some_and(|s| s != "sysfs" && !s.contains('/') && Path::new("/run/netns").join(s).exists())
+    })
 }
 
 /// Makes sure `bpffs` is a bpffs mount, mounting one if nothing is there.

@@ -10,8 +10,9 @@ use anyhow::{Context as _, Result};
 use aya::{
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
+        Link as _,
         links::{FdLink, PinnedLink},
-        tc::{self, NlOptions, TcAttachOptions, TcError},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
     },
     util::KernelVersion,
 };
@@ -96,27 +97,59 @@ const NETLINK_PRIORITY: u16 = 1;
 const NETLINK_PIN_PREFIX: &str = "tc-";
 const QDISC_CREATED_SUFFIX: &str = "+qdisc";
 
+/// How a hook is attached, as recorded in its pin's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Record {
+    /// A pinned TCX link: `<kind>-<ifindex>`.
+    Tcx,
+    /// A cls_bpf filter: `tc-<kind>-<ifindex>-<prio>-<handle>[+qdisc]`, the
+    /// pin being the program. The filter is deleted by exactly this
+    /// (prio, handle); the clsact only if the agent created it.
+    Netlink { priority: u16, handle: u32, created_qdisc: bool },
+}
+
 /// One pinned attachment.
 #[derive(Debug)]
 struct Attached {
     hook: Hook,
     pin: PathBuf,
-    /// `None` for TCX; for netlink, whether the agent created the clsact qdisc.
-    netlink_created_qdisc: Option<bool>,
+    record: Record,
 }
 
-fn parse_pin(name: &str) -> Option<(Hook, Option<bool>)> {
+fn pin_name(hook: Hook, record: Record) -> String {
+    let base = format!("{}-{}", hook.kind.pin_prefix(), hook.ifindex);
+    match record {
+        Record::Tcx => base,
+        Record::Netlink { priority, handle, created_qdisc } => format!(
+            "{NETLINK_PIN_PREFIX}{base}-{priority}-{handle}{}",
+            if created_qdisc { QDISC_CREATED_SUFFIX } else { "" }
+        ),
+    }
+}
+
+fn parse_pin(name: &str) -> Option<(Hook, Record)> {
     let (rest, netlink) = match name.strip_prefix(NETLINK_PIN_PREFIX) {
         Some(rest) => (rest, true),
         None => (name, false),
     };
-    let (rest, created) = match rest.strip_suffix(QDISC_CREATED_SUFFIX) {
+    let (rest, created_qdisc) = match rest.strip_suffix(QDISC_CREATED_SUFFIX) {
         Some(rest) => (rest, true),
         None => (rest, false),
     };
     HookKind::ALL.into_iter().find_map(|kind| {
-        let idx = rest.strip_prefix(kind.pin_prefix())?.strip_prefix('-')?.parse().ok()?;
-        Some((Hook { kind, ifindex: idx }, netlink.then_some(created)))
+        let numbers = rest.strip_prefix(kind.pin_prefix())?.strip_prefix('-')?;
+        let mut parts = numbers.split('-');
+        let ifindex = parts.next()?.parse().ok()?;
+        let record = if netlink {
+            let priority = parts.next()?.parse().ok()?;
+            let handle = parts.next()?.parse().ok()?;
+            Record::Netlink { priority, handle, created_qdisc }
+        } else if created_qdisc {
+            return None;
+        } else {
+            Record::Tcx
+        };
+        parts.next().is_none().then_some((Hook { kind, ifindex }, record))
     })
 }
 
@@ -133,11 +166,7 @@ fn attached(layout: &Layout) -> Result<Vec<Attached>> {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         match parse_pin(&name) {
-            Some((hook, netlink_created_qdisc)) => out.push(Attached {
-                hook,
-                pin: entry.path(),
-                netlink_created_qdisc,
-            }),
+            Some((hook, record)) => out.push(Attached { hook, pin: entry.path(), record }),
             None => tracing::warn!(pin = %name, "ignoring unknown pin"),
         }
     }
@@ -196,15 +225,8 @@ pub fn reconcile(store: &Store, layout: &Layout, mode: AttachMode) -> Result<()>
     Ok(())
 }
 
-fn pin_path(layout: &Layout, hook: Hook, netlink_created_qdisc: Option<bool>) -> PathBuf {
-    let mut name = format!("{}-{}", hook.kind.pin_prefix(), hook.ifindex);
-    if let Some(created) = netlink_created_qdisc {
-        name = format!("{NETLINK_PIN_PREFIX}{name}");
-        if created {
-            name.push_str(QDISC_CREATED_SUFFIX);
-        }
-    }
-    layout.links_dir().join(name)
+fn pin_path(layout: &Layout, hook: Hook, record: Record) -> PathBuf {
+    layout.links_dir().join(pin_name(hook, record))
 }
 
 fn attach(ebpf: &mut aya::Ebpf, layout: &Layout, hook: Hook, use_tcx: bool) -> Result<()> {
@@ -224,7 +246,7 @@ fn attach(ebpf: &mut aya::Ebpf, layout: &Layout, hook: Hook, use_tcx: bool) -> R
             .attach_with_options(&ifname, hook.kind.attach_type(), TcAttachOptions::TcxOrder(hook.kind.tcx_order()))
             .with_context(ctx)?;
         let link: FdLink = prog.take_link(id)?.try_into()?;
-        link.pin(pin_path(layout, hook, None)).with_context(ctx)?;
+        link.pin(pin_path(layout, hook, Record::Tcx)).with_context(ctx)?;
     } else {
         let created = match tc::qdisc_add_clsact(&ifname) {
             Ok(()) => true,
@@ -235,9 +257,16 @@ fn attach(ebpf: &mut aya::Ebpf, layout: &Layout, hook: Hook, use_tcx: bool) -> R
         let id = prog
             .attach_with_options(&ifname, hook.kind.attach_type(), TcAttachOptions::Netlink(options))
             .with_context(ctx)?;
-        // The filter lives on in the qdisc; the pinned program marks it ours.
-        prog.pin(pin_path(layout, hook, Some(created))).with_context(ctx)?;
-        std::mem::forget(prog.take_link(id)?);
+        let link = prog.take_link(id)?;
+        let record = Record::Netlink {
+            priority: link.priority()?,
+            handle: link.handle()?.into(),
+            created_qdisc: created,
+        };
+        // The filter lives on in the qdisc (dropping the link would delete
+        // it); the pinned program records it as ours.
+        std::mem::forget(link);
+        prog.pin(pin_path(layout, hook, record)).with_context(ctx)?;
     }
     tracing::info!(hook = ?hook.kind, ifname, tcx = use_tcx, "attached");
     Ok(())
@@ -245,18 +274,27 @@ fn attach(ebpf: &mut aya::Ebpf, layout: &Layout, hook: Hook, use_tcx: bool) -> R
 
 fn detach(a: &Attached) -> Result<()> {
     let ctx = || format!("detaching {}", a.pin.display());
-    match a.netlink_created_qdisc {
-        None => {
+    match a.record {
+        Record::Tcx => {
             // Dropping the unpinned link's last fd detaches it (a link whose
             // interface was deleted is already detached; unpinning frees it).
             let link = PinnedLink::from_pin(&a.pin).with_context(ctx)?;
             drop(link.unpin().with_context(ctx)?);
         }
-        Some(created_qdisc) => {
+        Record::Netlink { priority, handle, created_qdisc } => {
             if let Some(ifname) = iface::name(a.hook.ifindex) {
-                match tc::qdisc_detach_program(&ifname, a.hook.kind.attach_type(), a.hook.kind.program()) {
+                let link = SchedClassifierLink::attached(
+                    &ifname,
+                    a.hook.kind.attach_type(),
+                    priority,
+                    TcHandle::from(handle),
+                    None,
+                )?;
+                match link.detach() {
                     Ok(()) => {}
-                    Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    // Already gone (deleted by hand): nothing left to remove.
+                    Err(aya::programs::ProgramError::TcError(TcError::NetlinkError(e)))
+                        if e.raw_os_error() == Some(libc::ENOENT) => {}
                     Err(e) => return Err(e).with_context(ctx),
                 }
                 if created_qdisc && tc_netlink::clsact_is_empty(a.hook.ifindex)? {
@@ -276,16 +314,20 @@ mod tests {
 
     #[test]
     fn pin_names_round_trip() {
-        let layout = Layout::new(std::path::Path::new("/x"), 1);
+        let records = [
+            Record::Tcx,
+            Record::Netlink { priority: 1, handle: 7, created_qdisc: false },
+            Record::Netlink { priority: 49152, handle: 0x8000_0001, created_qdisc: true },
+        ];
         for kind in HookKind::ALL {
-            for nl in [None, Some(false), Some(true)] {
+            for record in records {
                 let hook = Hook { kind, ifindex: 42 };
-                let path = pin_path(&layout, hook, nl);
-                let name = path.file_name().unwrap().to_str().unwrap();
-                assert_eq!(parse_pin(name), Some((hook, nl)), "{name}");
+                let name = pin_name(hook, record);
+                assert_eq!(parse_pin(&name), Some((hook, record)), "{name}");
             }
         }
-        assert_eq!(parse_pin("src-ingress-x"), None);
-        assert_eq!(parse_pin("other"), None);
+        for bad in ["src-ingress-x", "other", "src-ingress-1+qdisc", "tc-src-ingress-1", "src-ingress-1-2"] {
+            assert_eq!(parse_pin(bad), None, "{bad}");
+        }
     }
 }

@@ -74,7 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let ctx = Context {
         netns_label: cli.netns.clone().unwrap_or_else(|| "current".to_owned()),
-        layout: Layout::new(&cli.bpffs, netns::current_id()?),
+        layout: Layout::new(&cli.bpffs, &netns::current_id()?),
         mode: cli.attach_mode,
     };
     match &cli.command {

@@ -36,9 +36,29 @@ pub fn enter(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Identity of the current thread's network namespace (its nsfs inode).
-pub fn current_id() -> Result<u64> {
-    let meta = std::fs::metadata("/proc/thread-self/ns/net")
-        .context("reading /proc/thread-self/ns/net")?;
-    Ok(meta.ino())
+/// `SO_NETNS_COOKIE` (Linux >= 5.14; not in the libc crate yet).
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// Identity of the current thread's network namespace: its cookie, which the
+/// kernel never reuses while it runs. (Namespace inode numbers *are* reused as
+/// soon as a namespace is gone, so a new namespace could inherit a dead one's
+/// sessions.) Falls back to the inode on kernels without cookies.
+pub fn current_id() -> Result<String> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd >= 0 {
+        // SAFETY: fresh, valid fd.
+        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut cookie: u64 = 0;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        // SAFETY: out pointer and length describe `cookie`.
+        let rc = unsafe {
+            libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &mut len)
+        };
+        if rc == 0 {
+            return Ok(format!("cookie-{cookie}"));
+        }
+    }
+    let meta = std::fs::metadata("/proc/thread-self/ns/net").context("reading /proc/thread-self/ns/net")?;
+    Ok(format!("ino-{}", meta.ino()))
 }

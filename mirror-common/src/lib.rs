@@ -41,13 +41,14 @@ pub mod reason {
     pub const SAMPLED_OUT: u32 = 4;
     /// Reserved: skipped by the session's rate limit.
     pub const RATE_LIMITED: u32 = 5;
-    /// Destination is administratively down (`-ENETDOWN`).
+    /// Destination is down or has no carrier: `-ENETDOWN`, or `NET_XMIT_CN`
+    /// from the `noop_qdisc` the kernel installs on such a device.
     pub const DEST_DOWN: u32 = 8;
     /// Destination ifindex does not exist (deleted) (`-EINVAL`).
     pub const DEST_MISSING: u32 = 9;
     /// The kernel could not clone or unclone the packet (`-ENOMEM`).
     pub const CLONE_FAILED: u32 = 10;
-    /// The destination's queue refused the copy (`NET_XMIT_DROP`/`_CN`).
+    /// The destination's queue dropped the copy (`NET_XMIT_DROP`).
     pub const DEST_QUEUE_DROP: u32 = 11;
     /// The copy could not be cut to the snap length; it was dropped
     /// rather than sent longer than the operator allowed.

@@ -28,6 +28,11 @@ static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 const ENOMEM: i64 = 12;
 const EINVAL: i64 = 22;
 const ENETDOWN: i64 = 100;
+// Positive returns are the destination qdisc's verdict. A destination that is
+// down or has lost carrier has its qdisc swapped for `noop_qdisc`, which
+// answers NET_XMIT_CN: that, not -ENETDOWN, is how "down" shows up.
+const NET_XMIT_DROP: i64 = 1;
+const NET_XMIT_CN: i64 = 2;
 
 /// Attached at tcx/ingress of every source with an ingress session.
 #[classifier]
@@ -67,11 +72,10 @@ fn count(session_id: u32, direction: u32, reason: u32, bytes: u32) {
 fn redirect_outcome(ret: i64) -> u32 {
     match ret {
         0 => reason::MIRRORED,
-        r if r == -ENETDOWN => reason::DEST_DOWN,
+        r if r == -ENETDOWN || r == NET_XMIT_CN => reason::DEST_DOWN,
         r if r == -EINVAL => reason::DEST_MISSING,
         r if r == -ENOMEM => reason::CLONE_FAILED,
-        // NET_XMIT_DROP / NET_XMIT_CN from the destination's qdisc.
-        r if r > 0 => reason::DEST_QUEUE_DROP,
+        NET_XMIT_DROP => reason::DEST_QUEUE_DROP,
         _ => reason::REDIRECT_FAILED,
     }
 }

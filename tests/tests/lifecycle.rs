@@ -1,0 +1,252 @@
+//! Attach/detach lifecycle: what the agent leaves behind, what it never
+//! touches, and how it refuses bad input. Topology: `tests/README.md`.
+use std::time::Duration;
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use mirror_tests::{
+    capture::Capture,
+    topology::{Netns, SERVER_IP, Topology},
+    traffic::ping,
+    wait_until,
+};
+
+/// Names of the TCX programs on `dev`'s hook.
+fn tcx_programs(ns: &Netns, dev: &str, hook: TcAttachType) -> Vec<String> {
+    ns.run(|| {
+        let (_, progs) = SchedClassifier::query_tcx(dev, hook).expect("query tcx");
+        progs.iter().map(|p| p.name_as_str().unwrap_or("?").to_owned()).collect()
+    })
+}
+
+fn qdiscs(ns: &Netns, dev: &str) -> String {
+    ns.sh(&["tc", "qdisc", "show", "dev", dev])
+}
+
+fn filters(ns: &Netns, dev: &str, hook: &str) -> String {
+    ns.sh(&["tc", "filter", "show", "dev", dev, hook])
+}
+
+/// The operator's own classic mirror on `dev`'s ingress, as in the tc
+/// port-mirroring guides: u32 + mirred, copying ICMP to a veth `opsN`.
+/// Its hits are the veth's transmitted packets.
+fn add_classic_mirror(ns: &Netns, dev: &str, sink: &str) {
+    let peer = format!("{sink}p");
+    ns.ip(&["link", "add", sink, "type", "veth", "peer", "name", &peer]);
+    ns.ip(&["link", "set", &peer, "up"]);
+    ns.ip(&["link", "set", sink, "up"]);
+    ns.sh(&["tc", "qdisc", "add", "dev", dev, "clsact"]);
+    ns.sh(&["tc", "filter", "add", "dev", dev, "ingress", "protocol", "ip", "u32", "match", "ip", "protocol", "1", "0xff", "action", "mirred", "egress", "mirror", "dev", sink]);
+}
+
+fn classic_hits(ns: &Netns, sink: &str) -> u64 {
+    ns.link_packets(sink).1
+}
+
+/// Nothing of the agent is left in `topo.host`.
+fn assert_no_trace(topo: &Topology) {
+    assert!(!topo.host.pin_dir().exists(), "pin directory left behind");
+    for dev in ["vc", "vs", "vk0"] {
+        for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+            let progs = tcx_programs(&topo.host, dev, hook);
+            assert!(progs.iter().all(|p| !p.starts_with("mirror_")), "{dev} {hook:?}: {progs:?}");
+        }
+        assert!(!qdiscs(&topo.host, dev).contains("clsact"), "clsact left on {dev}");
+    }
+}
+
+#[test]
+fn detach_all_leaves_no_trace() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    agent.ok(&["attach", "--name", "a", "--source", "vc", "--dest", "vk0", "--snaplen", "96"]);
+    agent.ok(&["attach", "--name", "b", "--source", "vs", "--dest", "vk0", "--direction", "egress"]);
+    assert_eq!(tcx_programs(&topo.host, "vc", TcAttachType::Ingress), ["mirror_src_ingr"]);
+    assert_eq!(tcx_programs(&topo.host, "vk0", TcAttachType::Egress), ["mirror_dst_egre"]);
+    agent.ok(&["detach", "--all"]);
+    assert_no_trace(&topo);
+    assert!(agent.ok(&["list"]).contains("no sessions"));
+    // Idempotent.
+    agent.ok(&["detach", "--all"]);
+}
+
+#[test]
+fn detaching_the_last_session_leaves_no_trace() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    agent.ok(&["attach", "--name", "a", "--source", "vc", "--dest", "vk0"]);
+    agent.ok(&["detach", "a"]);
+    assert_no_trace(&topo);
+}
+
+#[test]
+fn classic_filter_on_the_same_hook_keeps_working() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    let h = &topo.host;
+    add_classic_mirror(h, "vc", "ops0");
+
+    ping(&topo.client, SERVER_IP, 10);
+    let before = classic_hits(h, "ops0");
+    assert!(before >= 10, "filter not hit before attach: {before}");
+
+    agent.ok(&["attach", "--name", "m", "--source", "vc", "--dest", "vk0"]);
+    let cap = Capture::start(&topo.collectors[0], "eth0");
+    ping(&topo.client, SERVER_IP, 10);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(cap.stop().iter().filter(|f| f.is_echo_request()).count(), 10);
+    let during = classic_hits(h, "ops0");
+    assert_eq!(during - before, 10, "filter not hit while mirroring");
+
+    agent.ok(&["detach", "m"]);
+    ping(&topo.client, SERVER_IP, 10);
+    assert_eq!(classic_hits(h, "ops0") - during, 10, "filter not hit after detach");
+    assert!(qdiscs(h, "vc").contains("clsact"), "the operator's qdisc was removed");
+    assert!(filters(h, "vc", "ingress").contains("u32"), "the operator's filter was removed");
+}
+
+#[test]
+fn netlink_fallback_mirrors_and_cleans_up_only_what_it_created() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    let h = &topo.host;
+    // vs has the operator's own clsact and filter; vc has none.
+    add_classic_mirror(h, "vs", "ops1");
+    agent.ok(&["--attach-mode", "netlink", "attach", "--name", "nl", "--source", "vc", "--source", "vs", "--dest", "vk0", "--direction", "ingress"]);
+    assert!(filters(h, "vc", "ingress").contains("mirror_src_ingress"));
+    assert!(tcx_programs(h, "vc", TcAttachType::Ingress).is_empty(), "netlink mode used TCX");
+
+    let cap = Capture::start(&topo.collectors[0], "eth0");
+    ping(&topo.client, SERVER_IP, 10);
+    std::thread::sleep(Duration::from_millis(100));
+    let frames = cap.stop();
+    assert_eq!(frames.iter().filter(|f| f.is_echo_request()).count(), 10);
+    assert_eq!(frames.iter().filter(|f| f.is_echo_reply()).count(), 10);
+    let before = classic_hits(h, "ops1");
+    assert!(before >= 10, "operator filter behind ours not reached");
+
+    agent.ok(&["--attach-mode", "netlink", "detach", "--all"]);
+    assert!(!qdiscs(h, "vc").contains("clsact"), "the clsact the agent created stayed");
+    assert!(qdiscs(h, "vs").contains("clsact"), "the operator's clsact was removed");
+    let vs_filters = filters(h, "vs", "ingress");
+    assert!(vs_filters.contains("u32") && !vs_filters.contains("mirror_"), "{vs_filters}");
+    assert!(!h.pin_dir().exists());
+}
+
+#[test]
+fn foreign_tcx_program_keeps_running_before_during_and_after() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    let h = &topo.host;
+    // A foreign program: a private copy of our own object, with its own maps
+    // in a private bpffs, at vc ingress. It counts every packet it sees as
+    // "no session" in its private COUNTERS.
+    let bpffs = std::env::temp_dir().join(format!("mirror-foreign-{}", std::process::id()));
+    std::fs::create_dir_all(&bpffs).unwrap();
+    mirror_tests::run_command(std::process::Command::new("mount").args(["-t", "bpf", "bpf", bpffs.to_str().unwrap()]));
+    let bytes = std::fs::read(mirror_tests::ebpf_object()).expect("eBPF object (cargo xtask build-ebpf)");
+    let mut foreign = h.run(|| {
+        let mut ebpf = aya::EbpfLoader::new().default_map_pin_directory(&bpffs).load(&bytes).expect("load");
+        let prog: &mut SchedClassifier = ebpf.program_mut("mirror_src_ingress").unwrap().try_into().unwrap();
+        prog.load().unwrap();
+        prog.attach("vc", TcAttachType::Ingress).unwrap();
+        ebpf
+    });
+    let seen = |ebpf: &mut aya::Ebpf| -> u64 {
+        let counters: aya::maps::PerCpuArray<_, mirror_common::Counter> =
+            aya::maps::PerCpuArray::try_from(ebpf.map_mut("COUNTERS").unwrap()).unwrap();
+        let idx = mirror_common::counter_index(0, mirror_common::direction::INGRESS, mirror_common::reason::NO_SESSION);
+        counters.get(&idx, 0).unwrap().iter().map(|c| c.packets).sum()
+    };
+
+    ping(&topo.client, SERVER_IP, 10);
+    let s0 = seen(&mut foreign);
+    assert!(s0 >= 10);
+    agent.ok(&["attach", "--name", "m", "--source", "vc", "--dest", "vk0", "--direction", "ingress"]);
+    assert_eq!(tcx_programs(h, "vc", TcAttachType::Ingress).len(), 2);
+    ping(&topo.client, SERVER_IP, 10);
+    let s1 = seen(&mut foreign);
+    assert_eq!(s1 - s0, 10, "foreign program starved while we are attached");
+    assert!(agent.packets("m", "ingress", "mirrored") >= 10);
+    agent.ok(&["detach", "m"]);
+    assert_eq!(tcx_programs(h, "vc", TcAttachType::Ingress), ["mirror_src_ingr"], "foreign program removed");
+    ping(&topo.client, SERVER_IP, 10);
+    assert_eq!(seen(&mut foreign) - s1, 10, "foreign program stopped after our detach");
+
+    h.run(|| drop(foreign));
+    let _ = std::process::Command::new("umount").arg(&bpffs).status();
+    let _ = std::fs::remove_dir(&bpffs);
+}
+
+/// Bad input: non-zero exit, a message naming the problem, nothing changed.
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    let cases: &[(&[&str], &str)] = &[
+        (&["attach", "--name", "x", "--source", "nope0", "--dest", "vk0"], "unknown interface \"nope0\""),
+        (&["attach", "--name", "x", "--source", "vc", "--dest", "nope1"], "unknown interface \"nope1\""),
+        (&["attach", "--name", "x", "--source", "vc", "--dest", "vc"], "destination \"vc\" is also a source"),
+        (&["attach", "--name", "x", "--source", "vc", "--source", "vc", "--dest", "vk0"], "source \"vc\" is given twice"),
+        (&["attach", "--name", "x", "--source", "vc", "--dest", "lo"], "loopback"),
+        (&["attach", "--name", "x", "--source", "vc", "--dest", "vk0", "--snaplen", "10"], "invalid snaplen 10"),
+        (&["attach", "--name", "x", "--source", "vc", "--dest", "vk0", "--snaplen", "70000"], "invalid snaplen 70000"),
+        (&["attach", "--name", "x", "--source", "vc", "--dest", "vk0", "--snaplen=-5"], "snaplen"),
+        (&["attach", "--name", "bad name", "--source", "vc", "--dest", "vk0"], "invalid session name \"bad name\""),
+        (&["attach", "--name", "x", "--source", "vc", "--dest", "vk0", "--direction", "sideways"], "sideways"),
+        (&["detach", "ghost"], "no session named \"ghost\""),
+        (&["stats", "ghost"], "no session named \"ghost\""),
+    ];
+    for (args, expected) in cases {
+        let err = agent.fails(args);
+        assert!(err.contains(expected), "{args:?}: expected {expected:?} in:\n{err}");
+        assert_no_trace(&topo);
+    }
+
+    // A duplicate name is refused and the existing session is untouched.
+    agent.ok(&["attach", "--name", "m", "--source", "vc", "--dest", "vk0"]);
+    let before = agent.list();
+    let err = agent.fails(&["attach", "--name", "m", "--source", "vs", "--dest", "vk0"]);
+    assert!(err.contains("a session named \"m\" already exists"), "{err}");
+    assert_eq!(agent.list(), before);
+    assert!(tcx_programs(&topo.host, "vs", TcAttachType::Ingress).is_empty());
+    agent.ok(&["detach", "m"]);
+
+    // Unknown namespace.
+    let out = std::process::Command::new(mirror_tests::agent_bin()).args(["-n", "no-such-ns", "list"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("network namespace \"no-such-ns\" not found"));
+}
+
+#[test]
+fn ip_netns_exec_is_refused_with_an_explanation() {
+    let topo = Topology::new(1);
+    let bin = mirror_tests::agent_bin();
+    let out = topo
+        .host
+        .command(&[bin.to_str().unwrap(), "attach", "--name", "m", "--source", "vc", "--dest", "vk0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "attach under ip netns exec succeeded");
+    assert!(err.contains("private mount namespace") && err.contains("--netns"), "{err}");
+    assert_no_trace(&topo);
+    // The supported way works.
+    topo.agent().ok(&["attach", "--name", "m", "--source", "vc", "--dest", "vk0"]);
+}
+
+#[test]
+fn sessions_in_different_namespaces_do_not_collide() {
+    let one = Topology::new(1);
+    let two = Topology::new(1);
+    one.agent().ok(&["attach", "--name", "m", "--source", "vc", "--dest", "vk0"]);
+    two.agent().ok(&["attach", "--name", "m", "--source", "vc", "--dest", "vk0", "--direction", "egress"]);
+    let cap = Capture::start(&two.collectors[0], "eth0");
+    ping(&two.client, SERVER_IP, 5);
+    std::thread::sleep(Duration::from_millis(100));
+    let frames = cap.stop();
+    assert_eq!(frames.iter().filter(|f| f.is_echo_reply()).count(), 5);
+    assert_eq!(frames.iter().filter(|f| f.is_echo_request()).count(), 0);
+    one.agent().ok(&["detach", "m"]);
+    assert_eq!(two.agent().list()["sessions"].as_array().unwrap().len(), 1);
+    wait_until(Duration::from_secs(1), "first namespace clean", || !one.host.pin_dir().exists());
+}

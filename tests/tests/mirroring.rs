@@ -1,0 +1,246 @@
+//! End-to-end: the agent binary, real namespaces, real packets. Run with
+//! `cargo xtask test` (root, `--test-threads=1`). Topology: `tests/README.md`.
+use std::time::Duration;
+
+use mirror_tests::{
+    capture::{Capture, Frame},
+    topology::{SERVER_IP, Topology},
+    traffic::{ping, tcp_transfer},
+    wait_until,
+};
+
+const PINGS: u32 = 20;
+
+/// Pings client → server while capturing on collector `i`; returns the copies.
+fn ping_and_capture(topo: &Topology, collector: usize, count: u32) -> Vec<Frame> {
+    let cap = Capture::start(&topo.collectors[collector], "eth0");
+    let r = ping(&topo.client, SERVER_IP, count);
+    assert_eq!(r.received, r.transmitted, "production traffic lost: {r:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    cap.stop()
+}
+
+fn count(frames: &[Frame], f: impl Fn(&Frame) -> bool) -> usize {
+    frames.iter().filter(|x| f(x)).count()
+}
+
+#[test]
+fn ingress_only_copies_what_the_source_receives() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    agent.ok(&["attach", "--name", "in", "--source", "vc", "--dest", "vk0", "--direction", "ingress"]);
+    let frames = ping_and_capture(&topo, 0, PINGS);
+    // vc receives what the client sends: echo requests only.
+    assert_eq!(count(&frames, Frame::is_echo_request), PINGS as usize, "{frames:?}");
+    assert_eq!(count(&frames, Frame::is_echo_reply), 0);
+    assert!(agent.packets("in", "ingress", "mirrored") >= u64::from(PINGS));
+    assert_eq!(agent.packets("in", "egress", "matched"), 0);
+}
+
+#[test]
+fn egress_only_copies_what_the_source_sends() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    agent.ok(&["attach", "--name", "out", "--source", "vc", "--dest", "vk0", "--direction", "egress"]);
+    let frames = ping_and_capture(&topo, 0, PINGS);
+    assert_eq!(count(&frames, Frame::is_echo_reply), PINGS as usize, "{frames:?}");
+    assert_eq!(count(&frames, Frame::is_echo_request), 0);
+    assert_eq!(agent.packets("out", "ingress", "matched"), 0);
+}
+
+#[test]
+fn both_directions_by_default() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    agent.ok(&["attach", "--name", "both", "--source", "vc", "--dest", "vk0"]);
+    let frames = ping_and_capture(&topo, 0, PINGS);
+    assert_eq!(count(&frames, Frame::is_echo_request), PINGS as usize);
+    assert_eq!(count(&frames, Frame::is_echo_reply), PINGS as usize);
+    let stats = agent.stats();
+    for dir in ["ingress", "egress"] {
+        let matched = mirror_tests::topology::session_counter(&stats, "both", dir, "matched");
+        let mirrored = mirror_tests::topology::session_counter(&stats, "both", dir, "mirrored");
+        assert_eq!(matched, mirrored, "{dir}: every match copied");
+        assert!(mirrored >= u64::from(PINGS));
+    }
+}
+
+#[test]
+fn two_sessions_on_one_source_fan_out_and_detach_independently() {
+    let topo = Topology::new(2);
+    let agent = topo.agent();
+    agent.ok(&["attach", "--name", "a", "--source", "vc", "--dest", "vk0"]);
+    agent.ok(&["attach", "--name", "b", "--source", "vc", "--dest", "vk1"]);
+    let cap0 = Capture::start(&topo.collectors[0], "eth0");
+    let cap1 = Capture::start(&topo.collectors[1], "eth0");
+    ping(&topo.client, SERVER_IP, PINGS);
+    std::thread::sleep(Duration::from_millis(100));
+    let (f0, f1) = (cap0.stop(), cap1.stop());
+    assert_eq!(count(&f0, Frame::is_echo_request), PINGS as usize);
+    assert_eq!(count(&f1, Frame::is_echo_request), PINGS as usize);
+
+    agent.ok(&["detach", "a"]);
+    let cap0 = Capture::start(&topo.collectors[0], "eth0");
+    let cap1 = Capture::start(&topo.collectors[1], "eth0");
+    ping(&topo.client, SERVER_IP, PINGS);
+    std::thread::sleep(Duration::from_millis(100));
+    let (f0, f1) = (cap0.stop(), cap1.stop());
+    assert_eq!(count(&f0, |f| f.icmp_type().is_some()), 0, "detached session still copies");
+    assert_eq!(count(&f1, Frame::is_echo_request), PINGS as usize, "other session disturbed");
+    assert_eq!(count(&f1, Frame::is_echo_reply), PINGS as usize);
+    let list = agent.list();
+    let names: Vec<&str> = list["sessions"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["b"]);
+}
+
+#[test]
+fn many_sources_feed_one_destination() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    // TaaS: two tap flows (client port, server port) into one tap service.
+    agent.ok(&["attach", "--name", "taas", "--source", "vc", "--source", "vs", "--dest", "vk0", "--direction", "ingress"]);
+    let frames = ping_and_capture(&topo, 0, PINGS);
+    // vc ingress carries the requests, vs ingress the replies.
+    assert_eq!(count(&frames, Frame::is_echo_request), PINGS as usize);
+    assert_eq!(count(&frames, Frame::is_echo_reply), PINGS as usize);
+    let list = agent.list();
+    assert_eq!(list["sessions"][0]["sources"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn thousand_sources_and_eight_sessions_per_source() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    let batch: String = (0..1024)
+        .map(|i| format!("link add d{i} type veth peer name d{i}p\nlink set d{i}p up\nlink set d{i} up\n"))
+        .collect();
+    let path = std::env::temp_dir().join(format!("mirror-dummies-{}", std::process::id()));
+    std::fs::write(&path, batch).unwrap();
+    topo.host.ip(&["-batch", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+
+    let mut args: Vec<String> = ["attach", "--name", "wide", "--dest", "vk0", "--direction", "ingress"].map(String::from).to_vec();
+    for i in 0..1024 {
+        args.extend(["--source".into(), format!("d{i}")]);
+    }
+    args.extend(["--source".into(), "vc".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    agent.ok(&args);
+    assert_eq!(agent.list()["sessions"][0]["sources"].as_array().unwrap().len(), 1025);
+    let frames = ping_and_capture(&topo, 0, 5);
+    assert_eq!(count(&frames, Frame::is_echo_request), 5);
+
+    // Seven more sessions fit on vc, a ninth does not.
+    for i in 1..8 {
+        agent.ok(&["attach", "--name", &format!("s{i}"), "--source", "vc", "--dest", "vk0", "--direction", "ingress"]);
+    }
+    let err = agent.fails(&["attach", "--name", "s9", "--source", "vc", "--dest", "vk0", "--direction", "ingress"]);
+    assert!(err.contains("\"vc\"") && err.contains("8 sessions"), "{err}");
+    let frames = ping_and_capture(&topo, 0, 5);
+    assert_eq!(count(&frames, Frame::is_echo_request), 5 * 8, "one copy per session");
+    agent.ok(&["detach", "--all"]);
+}
+
+#[test]
+fn snaplen_cuts_copies_and_leaves_originals_intact() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    agent.ok(&["attach", "--name", "snap", "--source", "vc", "--dest", "vk0", "--snaplen", "128"]);
+    let cap = Capture::start(&topo.collectors[0], "eth0");
+    let (sent, received, len) = tcp_transfer(&topo.client, &topo.server, SERVER_IP, 5001, 4 << 20);
+    std::thread::sleep(Duration::from_millis(200));
+    let frames = cap.stop();
+    assert_eq!(len, 4 << 20, "bytes received");
+    assert_eq!(sent, received, "originals changed in flight");
+
+    let tcp: Vec<&Frame> = frames.iter().filter(|f| f.is_tcp()).collect();
+    assert!(tcp.len() > 50, "too few copies: {}", tcp.len());
+    for f in &tcp {
+        let original = 14 + f.ip_total_len().unwrap();
+        assert_eq!(f.len, original.min(128), "copy of a {original}-byte frame");
+    }
+    let cut = tcp.iter().filter(|f| f.len == 128).count();
+    assert!(cut > 30, "data segments were not cut: {cut}");
+    let stats = agent.stats();
+    let truncated = mirror_tests::topology::session_counter(&stats, "snap", "ingress", "truncated");
+    assert!(truncated >= cut as u64 / 2, "truncated counter {truncated} vs {cut} cut copies");
+    assert_eq!(mirror_tests::topology::session_counter(&stats, "snap", "ingress", "snap_failed"), 0);
+}
+
+#[test]
+fn destination_down_loses_no_production_packet_and_recovers() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    agent.ok(&["attach", "--name", "m", "--source", "vc", "--dest", "vk0"]);
+    topo.host.ip(&["link", "set", "vk0", "down"]);
+    let r = ping(&topo.client, SERVER_IP, 50);
+    assert_eq!((r.transmitted, r.received), (50, 50), "production packets lost while the destination is down");
+    let down = agent.packets("m", "ingress", "dest_down");
+    assert!(down >= 50, "dest_down counted {down}");
+    assert!(agent.ok(&["list"]).contains("vk0 (down)"));
+
+    topo.host.ip(&["link", "set", "vk0", "up"]);
+    wait_until(Duration::from_secs(5), "copies flowing again", || {
+        let cap = Capture::start(&topo.collectors[0], "eth0");
+        ping(&topo.client, SERVER_IP, 3);
+        std::thread::sleep(Duration::from_millis(50));
+        count(&cap.stop(), Frame::is_echo_request) == 3
+    });
+}
+
+#[test]
+fn destination_deleted_loses_no_production_packet_and_is_reported() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    agent.ok(&["attach", "--name", "m", "--source", "vc", "--dest", "vk0"]);
+    topo.host.ip(&["link", "del", "vk0"]);
+    let r = ping(&topo.client, SERVER_IP, 50);
+    assert_eq!((r.transmitted, r.received), (50, 50), "production packets lost after the destination was deleted");
+    assert!(agent.packets("m", "ingress", "dest_missing") >= 50);
+    let list = agent.list();
+    assert_eq!(list["sessions"][0]["dest_state"], "missing");
+    agent.ok(&["detach", "m"]);
+}
+
+#[test]
+fn a_cycle_of_sessions_cannot_loop() {
+    let topo = Topology::new(0);
+    let agent = topo.agent();
+    // A: vc → vs, B: vs → vc. Without the copy tag each copy would be copied back.
+    agent.ok(&["attach", "--name", "a", "--source", "vc", "--dest", "vs"]);
+    agent.ok(&["attach", "--name", "b", "--source", "vs", "--dest", "vc"]);
+    let hook_frames = || -> u64 {
+        ["vc", "vs"].iter().map(|d| { let (rx, tx) = topo.host.link_packets(d); rx + tx }).sum()
+    };
+    let before = hook_frames();
+    ping(&topo.client, SERVER_IP, PINGS);
+    std::thread::sleep(Duration::from_millis(200));
+    let crossed = hook_frames() - before;
+    let stats = agent.stats();
+    let copies: u64 = ["a", "b"]
+        .iter()
+        .flat_map(|s| ["ingress", "egress"].map(|d| mirror_tests::topology::session_counter(&stats, s, d, "mirrored")))
+        .sum();
+    // Frames crossing vc/vs are originals plus our copies (sent out of them).
+    // Each session copies each original on its source at most once.
+    let originals = crossed - copies;
+    assert!(copies > u64::from(PINGS));
+    assert!(copies <= originals, "{copies} copies for {originals} originals crossing one session's source each");
+    let not_again = stats["global"]["egress"]["copy_not_remirrored"]["packets"].as_u64().unwrap();
+    assert!(not_again > 0, "copies reached the other session's hook but were not counted: {stats}");
+    // Quiet once traffic stops: no copy keeps circulating.
+    let settled = agent.stats();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(settled["sessions"], agent.stats()["sessions"]);
+}
+
+#[test]
+fn mirroring_outlives_the_attaching_process() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    // `ok` waits for the process to exit: everything after runs without it.
+    agent.ok(&["attach", "--name", "m", "--source", "vc", "--dest", "vk0"]);
+    assert_eq!(topo.host.pin_dir().join("links").read_dir().unwrap().count(), 2);
+    let frames = ping_and_capture(&topo, 0, PINGS);
+    assert_eq!(count(&frames, Frame::is_echo_request), PINGS as usize);
+}

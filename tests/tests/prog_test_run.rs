@@ -1,0 +1,175 @@
+//! The programs alone, through BPF_PROG_TEST_RUN: every outcome of the hot
+//! path, with the kernel's real helpers, in a namespace holding two veth
+//! interfaces (source `d0`, destination `d1`; peers `d0p`, `d1p`).
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+};
+use mirror_common::{
+    Counter, SessionConfig, SessionSlot, SourceEntry, SourceKey, copy_mark, counter_index, direction, reason,
+};
+use mirror_tests::{run_command, topology::Netns};
+
+/// TC_ACT_UNSPEC as the kernel reports it: the only verdict we ever give originals.
+const NEXT: u32 = u32::MAX;
+/// Offsets in `struct __sk_buff` that test runs may set.
+const SKB_MARK: usize = 8;
+const SKB_IFINDEX: usize = 40;
+const SKB_SIZE: usize = 192;
+
+struct Fixture {
+    ns: Netns,
+    bpffs: std::path::PathBuf,
+    src: u32,
+    dst: u32,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let ns = Netns::new("ptr");
+        for d in ["d0", "d1"] {
+            let peer = format!("{d}p");
+            ns.ip(&["link", "add", d, "type", "veth", "peer", "name", &peer]);
+            ns.ip(&["link", "set", &peer, "up"]);
+            ns.ip(&["link", "set", d, "up"]);
+        }
+        let bpffs = std::env::temp_dir().join(format!("mirror-ptr-{}", std::process::id()));
+        std::fs::create_dir_all(&bpffs).unwrap();
+        run_command(std::process::Command::new("mount").args(["-t", "bpf", "bpf", bpffs.to_str().unwrap()]));
+        let (src, dst) = (ns.ifindex("d0"), ns.ifindex("d1"));
+        Self { ns, bpffs, src, dst }
+    }
+
+    fn load(&self) -> Ebpf {
+        let bytes = std::fs::read(mirror_tests::ebpf_object()).expect("eBPF object (cargo xtask build-ebpf)");
+        let mut ebpf = EbpfLoader::new().default_map_pin_directory(&self.bpffs).load(&bytes).expect("load object");
+        for name in ["mirror_src_ingress", "mirror_dst_egress"] {
+            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            p.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+        }
+        ebpf
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.bpffs).status();
+        let _ = std::fs::remove_dir(&self.bpffs);
+    }
+}
+
+fn frame(len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14] = 0x45;
+    f
+}
+
+/// Runs `prog` once; returns (verdict, mark after, length after).
+fn run(ebpf: &Ebpf, prog: &str, data: &[u8], ifindex: u32, mark: u32) -> (u32, u32, u32) {
+    let p: &SchedClassifier = ebpf.program(prog).unwrap().try_into().unwrap();
+    let mut ctx_in = [0u8; SKB_SIZE];
+    ctx_in[SKB_MARK..SKB_MARK + 4].copy_from_slice(&mark.to_ne_bytes());
+    ctx_in[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut ctx_out = [0u8; SKB_SIZE];
+    let mut data_out = vec![0u8; data.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(data),
+        data_out: Some(&mut data_out),
+        ctx_in: Some(&ctx_in),
+        ctx_out: Some(&mut ctx_out),
+        ..TestRunOptions::new()
+    };
+    let r = p.test_run(opts).expect("BPF_PROG_TEST_RUN");
+    let mark_out = u32::from_ne_bytes(ctx_out[SKB_MARK..SKB_MARK + 4].try_into().unwrap());
+    (r.return_value, mark_out, r.data_size_out)
+}
+
+fn counter(ebpf: &Ebpf, session: u32, dir: u32, r: u32) -> Counter {
+    let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(ebpf.map("COUNTERS").unwrap()).unwrap();
+    map.get(&counter_index(session, dir, r), 0).unwrap().iter().fold(Counter::default(), |a, c| Counter {
+        packets: a.packets + c.packets,
+        bytes: a.bytes + c.bytes,
+    })
+}
+
+fn set_source(ebpf: &mut Ebpf, src: u32, dest: u32, snaplen: u32) {
+    let mut sources: HashMap<_, SourceKey, SourceEntry> = HashMap::try_from(ebpf.map_mut("SOURCES").unwrap()).unwrap();
+    let mut entry = SourceEntry { slot_count: 1, ..Default::default() };
+    entry.slots[0] = SessionSlot { session_id: 1, dest_ifindex: dest, snaplen, flags: 0 };
+    sources.insert(SourceKey { ifindex: src, direction: direction::INGRESS }, entry, 0).unwrap();
+}
+
+#[test]
+fn source_program_outcomes_are_counted_and_always_fail_open() {
+    let fx = Fixture::new();
+    fx.ns.run(|| {
+        let mut ebpf = fx.load();
+        let pkt = frame(100);
+        let ing = direction::INGRESS;
+
+        // No session for this interface: counted, passed on.
+        assert_eq!(run(&ebpf, "mirror_src_ingress", &pkt, fx.src, 7).0, NEXT);
+        assert_eq!(counter(&ebpf, 0, ing, reason::NO_SESSION).packets, 1);
+
+        // A session: copied to d1 (its tx counter moves), mark restored.
+        set_source(&mut ebpf, fx.src, fx.dst, 0);
+        let tx_before = fx.ns.link_packets("d1").1;
+        let (verdict, mark, len) = run(&ebpf, "mirror_src_ingress", &pkt, fx.src, 0x1234);
+        assert_eq!((verdict, mark, len), (NEXT, 0x1234, 100), "original changed");
+        assert_eq!(fx.ns.link_packets("d1").1, tx_before + 1, "no copy left d1");
+        assert_eq!(counter(&ebpf, 1, ing, reason::MATCHED), Counter { packets: 1, bytes: 100 });
+        assert_eq!(counter(&ebpf, 1, ing, reason::MIRRORED), Counter { packets: 1, bytes: 100 });
+
+        // Snap length: counted as cut at the source.
+        set_source(&mut ebpf, fx.src, fx.dst, 64);
+        run(&ebpf, "mirror_src_ingress", &pkt, fx.src, 0);
+        assert_eq!(counter(&ebpf, 1, ing, reason::TRUNCATED), Counter { packets: 1, bytes: 36 });
+        assert_eq!(counter(&ebpf, 1, ing, reason::MIRRORED), Counter { packets: 2, bytes: 164 });
+
+        // Destination down.
+        fx.ns.ip(&["link", "set", "d1", "down"]);
+        assert_eq!(run(&ebpf, "mirror_src_ingress", &pkt, fx.src, 0).0, NEXT);
+        assert_eq!(counter(&ebpf, 1, ing, reason::DEST_DOWN).packets, 1);
+        fx.ns.ip(&["link", "set", "d1", "up"]);
+
+        // Destination gone.
+        set_source(&mut ebpf, fx.src, 999_999, 0);
+        assert_eq!(run(&ebpf, "mirror_src_ingress", &pkt, fx.src, 0).0, NEXT);
+        assert_eq!(counter(&ebpf, 1, ing, reason::DEST_MISSING).packets, 1);
+
+        // A copy is never copied again.
+        let tagged = copy_mark::encode(1, ing);
+        let (verdict, mark, _) = run(&ebpf, "mirror_src_ingress", &pkt, fx.src, tagged);
+        assert_eq!((verdict, mark), (NEXT, tagged));
+        assert_eq!(counter(&ebpf, 0, ing, reason::COPY_NOT_REMIRRORED).packets, 1);
+        assert_eq!(counter(&ebpf, 1, ing, reason::MATCHED).packets, 4, "tagged packet matched");
+    });
+}
+
+#[test]
+fn destination_program_cuts_only_tagged_copies() {
+    let fx = Fixture::new();
+    fx.ns.run(|| {
+        let mut ebpf = fx.load();
+        {
+            let mut sessions: Array<_, SessionConfig> = Array::try_from(ebpf.map_mut("SESSIONS").unwrap()).unwrap();
+            let mut cfg = SessionConfig::EMPTY;
+            cfg.name[0] = b's';
+            cfg.snaplen = 64;
+            sessions.set(1, cfg, 0).unwrap();
+        }
+        let pkt = frame(300);
+        // Production packet on the destination: untouched.
+        assert_eq!(run(&ebpf, "mirror_dst_egress", &pkt, fx.dst, 0), (NEXT, 0, 300));
+        // Our copy: cut to the session's snap length.
+        let tag = copy_mark::encode(1, direction::INGRESS);
+        assert_eq!(run(&ebpf, "mirror_dst_egress", &pkt, fx.dst, tag), (NEXT, tag, 64));
+        // Already short: untouched.
+        assert_eq!(run(&ebpf, "mirror_dst_egress", &frame(60), fx.dst, tag).2, 60);
+        assert_eq!(counter(&ebpf, 1, direction::INGRESS, reason::SNAP_FAILED).packets, 0);
+    });
+}
