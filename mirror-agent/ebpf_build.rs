@@ -23,10 +23,7 @@ pub fn build(workspace_root: &Path) -> Result<PathBuf> {
     let mut dirs = vec![tools.clone()];
     dirs.extend(env::split_paths(&path));
     if !dirs.iter().any(|d| d.join("bpf-linker").is_file()) {
-        bail!(
-            "bpf-linker not found in {} or PATH: run `cargo xtask setup` first",
-            tools.display()
-        );
+        bail!("bpf-linker not found in {} or PATH: run `cargo xtask setup` first", tools.display());
     }
     let joined = env::join_paths(dirs).context("PATH with .tools/bin")?;
     // SAFETY: build scripts and xtask are single-threaded at this point.
@@ -35,11 +32,7 @@ pub fn build(workspace_root: &Path) -> Result<PathBuf> {
     let ebpf_dir = workspace_root.join(EBPF_PACKAGE);
     let root_dir = ebpf_dir.to_str().context("non-UTF-8 workspace path")?;
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: EBPF_PACKAGE,
-            root_dir,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: EBPF_PACKAGE, root_dir, ..Default::default() }],
         aya_build::Toolchain::default(),
     )?;
     let out_dir = env::var_os("OUT_DIR").context("OUT_DIR not set")?;

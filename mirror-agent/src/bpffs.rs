@@ -34,10 +34,7 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(bpffs: &Path, netns_id: &str) -> Self {
-        Self {
-            bpffs: bpffs.to_owned(),
-            dir: bpffs.join(AGENT_DIR).join(format!("netns-{netns_id}")),
-        }
+        Self { bpffs: bpffs.to_owned(), dir: bpffs.join(AGENT_DIR).join(format!("netns-{netns_id}")) }
     }
 
     pub fn agent_dir(&self) -> PathBuf {
@@ -108,7 +105,8 @@ fn in_private_mount_namespace() -> bool {
         let (fstype, source) = (tail.next(), tail.next());
         mount_point == Some("/sys")
             && fstype == Some("sysfs")
-            && source.is_some_and(|s| s != "sysfs" && !s.contains('/') && Path::new("/run/netns").join(s).exists())
+            && source
+                .is_some_and(|s| s != "sysfs" && !s.contains('/') && Path::new("/run/netns").join(s).exists())
     })
 }
 
@@ -120,23 +118,12 @@ pub fn ensure_mounted(bpffs: &Path) -> Result<()> {
         return Ok(());
     }
     if in_private_mount_namespace() {
-        return Err(InputError::PrivateMountNamespace {
-            bpffs: bpffs.display().to_string(),
-        }
-        .into());
+        return Err(InputError::PrivateMountNamespace { bpffs: bpffs.display().to_string() }.into());
     }
     fs::create_dir_all(bpffs).with_context(|| format!("creating {}", bpffs.display()))?;
     let target = CString::new(bpffs.as_os_str().as_bytes())?;
     // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         return Err(io::Error::last_os_error())
             .with_context(|| format!("mounting bpffs at {}", bpffs.display()));
@@ -158,8 +145,7 @@ impl DirLock {
         let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
         // SAFETY: flock on an fd we own.
         if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("locking {}", dir.display()));
+            return Err(io::Error::last_os_error()).with_context(|| format!("locking {}", dir.display()));
         }
         Ok(Self { _file: file })
     }

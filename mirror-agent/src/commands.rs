@@ -71,10 +71,8 @@ pub struct AttachArgs {
 }
 
 fn resolve(ctx: &Context, name: &str) -> Result<u32, InputError> {
-    iface::index(name).ok_or_else(|| InputError::UnknownInterface {
-        name: name.to_owned(),
-        netns: ctx.netns_label.clone(),
-    })
+    iface::index(name)
+        .ok_or_else(|| InputError::UnknownInterface { name: name.to_owned(), netns: ctx.netns_label.clone() })
 }
 
 pub fn attach(ctx: &Context, args: &AttachArgs) -> Result<()> {
@@ -162,7 +160,8 @@ fn cleanup_if_unused(store: Store, layout: &Layout) -> Result<()> {
 
 pub fn detach(ctx: &Context, name: Option<&str>, all: bool) -> Result<()> {
     let layout = &ctx.layout;
-    let unknown = || -> anyhow::Error { InputError::UnknownSession(name.unwrap_or_default().to_owned()).into() };
+    let unknown =
+        || -> anyhow::Error { InputError::UnknownSession(name.unwrap_or_default().to_owned()).into() };
     if !layout.dir.is_dir() {
         return if all { Ok(()) } else { Err(unknown()) };
     }
@@ -237,7 +236,10 @@ pub fn list(ctx: &Context, as_json: bool) -> Result<()> {
         println!("no sessions (network namespace {})", ctx.netns_label);
         return Ok(());
     }
-    println!("{:<20} {:>4}  {:<9} {:>7}  {:<24} SOURCES", "NAME", "ID", "DIRECTION", "SNAPLEN", "DEST (STATE)");
+    println!(
+        "{:<20} {:>4}  {:<9} {:>7}  {:<24} SOURCES",
+        "NAME", "ID", "DIRECTION", "SNAPLEN", "DEST (STATE)"
+    );
     for s in &sessions {
         let dest = s.config.dest_ifindex;
         let sources: Vec<String> = s.sources.iter().map(|i| iface_label(*i)).collect();
@@ -369,12 +371,7 @@ pub fn stats(ctx: &Context, name: Option<&str>, as_json: bool) -> Result<()> {
         }
         let state = iface::state(s.config.dest_ifindex);
         if state != iface::LinkState::Up {
-            println!(
-                "{:<20} destination {} is {}",
-                "",
-                iface_label(s.config.dest_ifindex),
-                state.as_str()
-            );
+            println!("{:<20} destination {} is {}", "", iface_label(s.config.dest_ifindex), state.as_str());
         }
     }
     Ok(())

@@ -9,8 +9,7 @@ use std::{collections::BTreeSet, fs, path::PathBuf};
 use anyhow::{Context as _, Result};
 use aya::{
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
-        Link as _,
+        Link as _, LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
     },
@@ -177,11 +176,8 @@ fn attached(layout: &Layout) -> Result<Vec<Attached>> {
 fn desired(store: &Store) -> Result<BTreeSet<Hook>> {
     let mut hooks = BTreeSet::new();
     for (key, _) in store.source_hooks()? {
-        let kind = if key.direction == direction::INGRESS {
-            HookKind::SrcIngress
-        } else {
-            HookKind::SrcEgress
-        };
+        let kind =
+            if key.direction == direction::INGRESS { HookKind::SrcIngress } else { HookKind::SrcEgress };
         hooks.insert(Hook { kind, ifindex: key.ifindex });
     }
     for session in store.sessions()? {
@@ -230,20 +226,22 @@ fn pin_path(layout: &Layout, hook: Hook, record: Record) -> PathBuf {
 }
 
 fn attach(ebpf: &mut aya::Ebpf, layout: &Layout, hook: Hook, use_tcx: bool) -> Result<()> {
-    let ifname = iface::name(hook.ifindex)
-        .with_context(|| format!("interface {} vanished", hook.ifindex))?;
+    let ifname = iface::name(hook.ifindex).with_context(|| format!("interface {} vanished", hook.ifindex))?;
     let prog: &mut SchedClassifier = ebpf
         .program_mut(hook.kind.program())
         .with_context(|| format!("program {} missing from the object", hook.kind.program()))?
         .try_into()?;
     if prog.fd().is_err() {
-        prog.load()
-            .with_context(|| format!("loading {} (verifier)", hook.kind.program()))?;
+        prog.load().with_context(|| format!("loading {} (verifier)", hook.kind.program()))?;
     }
     let ctx = || format!("attaching {} to {ifname}", hook.kind.program());
     if use_tcx {
         let id = prog
-            .attach_with_options(&ifname, hook.kind.attach_type(), TcAttachOptions::TcxOrder(hook.kind.tcx_order()))
+            .attach_with_options(
+                &ifname,
+                hook.kind.attach_type(),
+                TcAttachOptions::TcxOrder(hook.kind.tcx_order()),
+            )
             .with_context(ctx)?;
         let link: FdLink = prog.take_link(id)?.try_into()?;
         link.pin(pin_path(layout, hook, Record::Tcx)).with_context(ctx)?;

@@ -1,7 +1,7 @@
 //! Interface facts in the *current* network namespace. Read through sockets
 //! and ioctls, not /sys/class/net: sysfs belongs to the mount namespace and
 //! still shows the caller's interfaces after `setns`.
-use std::{ffi::CString, io, os::fd::FromRawFd as _, os::fd::OwnedFd, os::fd::AsRawFd as _};
+use std::{ffi::CString, io, os::fd::AsRawFd as _, os::fd::FromRawFd as _, os::fd::OwnedFd};
 
 /// Index of the interface called `name`, if it exists.
 pub fn index(name: &str) -> Option<u32> {

@@ -17,11 +17,8 @@ const NETNS_RUN_DIR: &str = "/run/netns";
 /// Moves the calling thread into the named network namespace. Call before
 /// any other thread exists: `setns` only affects the calling thread.
 pub fn enter(name: &str) -> Result<()> {
-    let path = if name.starts_with('/') {
-        PathBuf::from(name)
-    } else {
-        PathBuf::from(NETNS_RUN_DIR).join(name)
-    };
+    let path =
+        if name.starts_with('/') { PathBuf::from(name) } else { PathBuf::from(NETNS_RUN_DIR).join(name) };
     let file = File::open(&path).map_err(|source| InputError::UnknownNetns {
         name: name.to_owned(),
         path: path.display().to_string(),
@@ -53,7 +50,13 @@ pub fn current_id() -> Result<String> {
         let mut len = size_of::<u64>() as libc::socklen_t;
         // SAFETY: out pointer and length describe `cookie`.
         let rc = unsafe {
-            libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &mut len)
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_NETNS_COOKIE,
+                (&raw mut cookie).cast(),
+                &mut len,
+            )
         };
         if rc == 0 {
             return Ok(format!("cookie-{cookie}"));

@@ -26,10 +26,7 @@ pub fn load_object(layout: &Layout) -> Result<aya::Ebpf> {
     }
     let maps = layout.maps_dir();
     std::fs::create_dir_all(&maps).with_context(|| format!("creating {}", maps.display()))?;
-    EbpfLoader::new()
-        .default_map_pin_directory(&maps)
-        .load(EBPF_OBJECT)
-        .context("loading the eBPF object")
+    EbpfLoader::new().default_map_pin_directory(&maps).load(EBPF_OBJECT).context("loading the eBPF object")
 }
 
 /// A session as the agent sees it.
@@ -90,9 +87,7 @@ impl std::fmt::Debug for Store {
 fn open_pinned(layout: &Layout, name: &str) -> Result<Option<MapData>> {
     match MapData::from_pin(layout.map(name)) {
         Ok(m) => Ok(Some(m)),
-        Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
-            Ok(None)
-        }
+        Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("opening pinned map {name}")),
     }
 }
@@ -147,10 +142,7 @@ impl Store {
 
     /// Every (source, direction) hook with its entry.
     pub fn source_hooks(&self) -> Result<Vec<(SourceKey, SourceEntry)>> {
-        self.sources
-            .iter()
-            .map(|r| r.context("reading SOURCES"))
-            .collect()
+        self.sources.iter().map(|r| r.context("reading SOURCES")).collect()
     }
 
     pub fn find(&self, name: &str) -> Result<Option<Session>> {
@@ -264,9 +256,7 @@ impl Store {
 
 /// The directions set in a session's direction mask.
 pub fn directions(mask: u32) -> impl Iterator<Item = u32> {
-    [direction::INGRESS, direction::EGRESS]
-        .into_iter()
-        .filter(move |d| mask & (1 << d) != 0)
+    [direction::INGRESS, direction::EGRESS].into_iter().filter(move |d| mask & (1 << d) != 0)
 }
 
 pub fn direction_name(dir: u32) -> &'static str {

@@ -2,7 +2,11 @@
 //! "does this clsact still hold any filter?" and "delete this clsact". The
 //! agent deletes a clsact qdisc only if it created it and it is empty, so it
 //! never removes someone else's filters.
-use std::{io, mem::size_of, os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd}};
+use std::{
+    io,
+    mem::size_of,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
 
 /// `TC_H_CLSACT` (== `TC_H_INGRESS`) and the two clsact hook parents.
 const TC_H_CLSACT: u32 = 0xffff_fff1;
@@ -31,7 +35,8 @@ struct Request {
 
 fn socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); ownership is taken right away.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+    let fd =
+        unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -54,9 +59,7 @@ fn transact(ty: u16, flags: u16, tc: TcMsg, mut on_message: impl FnMut(u16)) -> 
         tc,
     };
     // SAFETY: sending the bytes of a repr(C) value we own.
-    let sent = unsafe {
-        libc::send(sock.as_raw_fd(), (&raw const req).cast(), size_of::<Request>(), 0)
-    };
+    let sent = unsafe { libc::send(sock.as_raw_fd(), (&raw const req).cast(), size_of::<Request>(), 0) };
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -115,6 +118,7 @@ pub fn clsact_is_empty(ifindex: u32) -> io::Result<bool> {
 
 /// Deletes the clsact qdisc of `ifindex`.
 pub fn delete_clsact(ifindex: u32) -> io::Result<()> {
-    let tc = TcMsg { ifindex: ifindex as i32, parent: TC_H_CLSACT, handle: 0xffff_0000, ..Default::default() };
+    let tc =
+        TcMsg { ifindex: ifindex as i32, parent: TC_H_CLSACT, handle: 0xffff_0000, ..Default::default() };
     transact(libc::RTM_DELQDISC, 0, tc, |_| {})
 }

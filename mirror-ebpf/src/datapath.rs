@@ -1,14 +1,13 @@
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, __sk_buff},
+    bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::generated::{bpf_clone_redirect, bpf_skb_change_tail},
     macros::{classifier, map},
     maps::{Array, HashMap, PerCpuArray},
     programs::TcContext,
 };
 use mirror_common::{
-    COUNTER_SLOTS, Counter, GLOBAL_SESSION_ID, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
-    MAX_SOURCE_HOOKS, SessionConfig, SourceEntry, SourceKey, copy_mark, counter_index, direction,
-    reason,
+    COUNTER_SLOTS, Counter, GLOBAL_SESSION_ID, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, MAX_SOURCE_HOOKS,
+    SessionConfig, SourceEntry, SourceKey, copy_mark, counter_index, direction, reason,
 };
 
 /// (source ifindex, direction) → the sessions that hook feeds.
@@ -92,7 +91,7 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
         return;
     }
     let key = SourceKey { ifindex, direction };
-    let Some(entry) = SOURCES.get_ptr(&key) else {
+    let Some(entry) = SOURCES.get_ptr(key) else {
         count(GLOBAL_SESSION_ID, direction, reason::NO_SESSION, len);
         return;
     };

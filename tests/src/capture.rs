@@ -131,8 +131,20 @@ fn open(dev: &str) -> OwnedFd {
     let rcvbuf: libc::c_int = 32 << 20;
     // SAFETY: setsockopt with correctly sized values.
     unsafe {
-        libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const timeout).cast(), size_of::<libc::timeval>() as u32);
-        libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&raw const rcvbuf).cast(), size_of::<libc::c_int>() as u32);
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            size_of::<libc::timeval>() as u32,
+        );
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const rcvbuf).cast(),
+            size_of::<libc::c_int>() as u32,
+        );
     }
     sock
 }
@@ -145,12 +157,19 @@ fn drain(sock: &OwnedFd, buf: &mut [u8], frames: &mut Vec<Frame>) {
         let mut from_len = size_of::<libc::sockaddr_ll>() as u32;
         // SAFETY: receiving into buffers we own, with their true sizes.
         let n = unsafe {
-            libc::recvfrom(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC, (&raw mut from).cast(), &mut from_len)
+            libc::recvfrom(
+                sock.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_TRUNC,
+                (&raw mut from).cast(),
+                &mut from_len,
+            )
         };
         if n < 0 {
             return; // timeout: nothing pending
         }
-        if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+        if from.sll_pkttype == libc::PACKET_OUTGOING {
             continue;
         }
         let len = n as usize;

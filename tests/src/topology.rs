@@ -58,7 +58,14 @@ impl Netns {
 
     /// Runs `f` on a thread that has entered this namespace.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| s.spawn(|| { self.enter(); f() }).join().expect("thread in netns panicked"))
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                self.enter();
+                f()
+            })
+            .join()
+            .expect("thread in netns panicked")
+        })
     }
 
     /// Moves the calling thread into this namespace (only the network one).
@@ -91,7 +98,9 @@ impl Netns {
             let mut cookie: u64 = 0;
             let mut len = size_of::<u64>() as libc::socklen_t;
             // SAFETY: SO_NETNS_COOKIE (71) into a u64 we own.
-            let rc = unsafe { libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, 71, (&raw mut cookie).cast(), &mut len) };
+            let rc = unsafe {
+                libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, 71, (&raw mut cookie).cast(), &mut len)
+            };
             assert_eq!(rc, 0, "SO_NETNS_COOKIE: {}", std::io::Error::last_os_error());
             cookie
         })
@@ -130,7 +139,9 @@ impl Topology {
         let server = Netns::new("server");
         host.ip(&["link", "add", "br0", "type", "bridge"]);
         host.ip(&["link", "set", "br0", "up"]);
-        for (port, ns, addr, mac) in [("vc", &client, CLIENT_IP, CLIENT_MAC), ("vs", &server, SERVER_IP, SERVER_MAC)] {
+        for (port, ns, addr, mac) in
+            [("vc", &client, CLIENT_IP, CLIENT_MAC), ("vs", &server, SERVER_IP, SERVER_MAC)]
+        {
             host.ip(&["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
             host.ip(&["link", "set", port, "master", "br0", "up"]);
             ns.ip(&["link", "set", "eth0", "address", mac]);
@@ -199,7 +210,11 @@ impl Agent<'_> {
     /// Runs the agent expecting failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(!out.status.success(), "mirror-agent {args:?} succeeded but should have failed:\n{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "mirror-agent {args:?} succeeded but should have failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
@@ -225,5 +240,7 @@ pub fn session_counter(stats: &serde_json::Value, session: &str, direction: &str
         .iter()
         .find(|s| s["name"] == session)
         .unwrap_or_else(|| panic!("session {session} not in stats: {stats}"));
-    s["counters"][direction][reason]["packets"].as_u64().unwrap_or_else(|| panic!("no {direction}.{reason} in {s}"))
+    s["counters"][direction][reason]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {direction}.{reason} in {s}"))
 }

@@ -21,17 +21,22 @@ pub fn ping(ns: &Netns, dst: &str, count: u32) -> PingResult {
         .output()
         .expect("spawning ping");
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("unexpected ping output:\n{text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let line = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| {
+        panic!("unexpected ping output:\n{text}\n{}", String::from_utf8_lossy(&out.stderr))
+    });
     let nums: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect();
     PingResult { transmitted: nums[0], received: nums[1] }
 }
 
 /// Sends `len` bytes of pseudo-random data over TCP from `client` to
 /// `server_ip:port` in `server`; returns (checksum sent, checksum received, bytes received).
-pub fn tcp_transfer(client: &Netns, server: &Netns, server_ip: &str, port: u16, len: usize) -> (u64, u64, usize) {
+pub fn tcp_transfer(
+    client: &Netns,
+    server: &Netns,
+    server_ip: &str,
+    port: u16,
+    len: usize,
+) -> (u64, u64, usize) {
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
     let data: Vec<u8> = (0..len)
         .map(|_| {

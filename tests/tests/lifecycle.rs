@@ -35,7 +35,10 @@ fn add_classic_mirror(ns: &Netns, dev: &str, sink: &str) {
     ns.ip(&["link", "set", &peer, "up"]);
     ns.ip(&["link", "set", sink, "up"]);
     ns.sh(&["tc", "qdisc", "add", "dev", dev, "clsact"]);
-    ns.sh(&["tc", "filter", "add", "dev", dev, "ingress", "protocol", "ip", "u32", "match", "ip", "protocol", "1", "0xff", "action", "mirred", "egress", "mirror", "dev", sink]);
+    ns.sh(&[
+        "tc", "filter", "add", "dev", dev, "ingress", "protocol", "ip", "u32", "match", "ip", "protocol",
+        "1", "0xff", "action", "mirred", "egress", "mirror", "dev", sink,
+    ]);
 }
 
 fn classic_hits(ns: &Netns, sink: &str) -> u64 {
@@ -111,7 +114,21 @@ fn netlink_fallback_mirrors_and_cleans_up_only_what_it_created() {
     let h = &topo.host;
     // vs has the operator's own clsact and filter; vc has none.
     add_classic_mirror(h, "vs", "ops1");
-    agent.ok(&["--attach-mode", "netlink", "attach", "--name", "nl", "--source", "vc", "--source", "vs", "--dest", "vk0", "--direction", "ingress"]);
+    agent.ok(&[
+        "--attach-mode",
+        "netlink",
+        "attach",
+        "--name",
+        "nl",
+        "--source",
+        "vc",
+        "--source",
+        "vs",
+        "--dest",
+        "vk0",
+        "--direction",
+        "ingress",
+    ]);
     assert!(filters(h, "vc", "ingress").contains("mirror_src_ingress"));
     assert!(tcx_programs(h, "vc", TcAttachType::Ingress).is_empty(), "netlink mode used TCX");
 
@@ -142,7 +159,12 @@ fn foreign_tcx_program_keeps_running_before_during_and_after() {
     // "no session" in its private COUNTERS.
     let bpffs = std::env::temp_dir().join(format!("mirror-foreign-{}", std::process::id()));
     std::fs::create_dir_all(&bpffs).unwrap();
-    mirror_tests::run_command(std::process::Command::new("mount").args(["-t", "bpf", "bpf", bpffs.to_str().unwrap()]));
+    mirror_tests::run_command(std::process::Command::new("mount").args([
+        "-t",
+        "bpf",
+        "bpf",
+        bpffs.to_str().unwrap(),
+    ]));
     let bytes = std::fs::read(mirror_tests::ebpf_object()).expect("eBPF object (cargo xtask build-ebpf)");
     let mut foreign = h.run(|| {
         let mut ebpf = aya::EbpfLoader::new().default_map_pin_directory(&bpffs).load(&bytes).expect("load");
@@ -154,7 +176,11 @@ fn foreign_tcx_program_keeps_running_before_during_and_after() {
     let seen = |ebpf: &mut aya::Ebpf| -> u64 {
         let counters: aya::maps::PerCpuArray<_, mirror_common::Counter> =
             aya::maps::PerCpuArray::try_from(ebpf.map_mut("COUNTERS").unwrap()).unwrap();
-        let idx = mirror_common::counter_index(0, mirror_common::direction::INGRESS, mirror_common::reason::NO_SESSION);
+        let idx = mirror_common::counter_index(
+            0,
+            mirror_common::direction::INGRESS,
+            mirror_common::reason::NO_SESSION,
+        );
         counters.get(&idx, 0).unwrap().iter().map(|c| c.packets).sum()
     };
 
@@ -186,13 +212,28 @@ fn bad_input_is_refused_and_changes_nothing() {
         (&["attach", "--name", "x", "--source", "nope0", "--dest", "vk0"], "unknown interface \"nope0\""),
         (&["attach", "--name", "x", "--source", "vc", "--dest", "nope1"], "unknown interface \"nope1\""),
         (&["attach", "--name", "x", "--source", "vc", "--dest", "vc"], "destination \"vc\" is also a source"),
-        (&["attach", "--name", "x", "--source", "vc", "--source", "vc", "--dest", "vk0"], "source \"vc\" is given twice"),
+        (
+            &["attach", "--name", "x", "--source", "vc", "--source", "vc", "--dest", "vk0"],
+            "source \"vc\" is given twice",
+        ),
         (&["attach", "--name", "x", "--source", "vc", "--dest", "lo"], "loopback"),
-        (&["attach", "--name", "x", "--source", "vc", "--dest", "vk0", "--snaplen", "10"], "invalid snaplen 10"),
-        (&["attach", "--name", "x", "--source", "vc", "--dest", "vk0", "--snaplen", "70000"], "invalid snaplen 70000"),
+        (
+            &["attach", "--name", "x", "--source", "vc", "--dest", "vk0", "--snaplen", "10"],
+            "invalid snaplen 10",
+        ),
+        (
+            &["attach", "--name", "x", "--source", "vc", "--dest", "vk0", "--snaplen", "70000"],
+            "invalid snaplen 70000",
+        ),
         (&["attach", "--name", "x", "--source", "vc", "--dest", "vk0", "--snaplen=-5"], "snaplen"),
-        (&["attach", "--name", "bad name", "--source", "vc", "--dest", "vk0"], "invalid session name \"bad name\""),
-        (&["attach", "--name", "x", "--source", "vc", "--dest", "vk0", "--direction", "sideways"], "sideways"),
+        (
+            &["attach", "--name", "bad name", "--source", "vc", "--dest", "vk0"],
+            "invalid session name \"bad name\"",
+        ),
+        (
+            &["attach", "--name", "x", "--source", "vc", "--dest", "vk0", "--direction", "sideways"],
+            "sideways",
+        ),
         (&["detach", "ghost"], "no session named \"ghost\""),
         (&["stats", "ghost"], "no session named \"ghost\""),
     ];
@@ -212,7 +253,10 @@ fn bad_input_is_refused_and_changes_nothing() {
     agent.ok(&["detach", "m"]);
 
     // Unknown namespace.
-    let out = std::process::Command::new(mirror_tests::agent_bin()).args(["-n", "no-such-ns", "list"]).output().unwrap();
+    let out = std::process::Command::new(mirror_tests::agent_bin())
+        .args(["-n", "no-such-ns", "list"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("network namespace \"no-such-ns\" not found"));
 }

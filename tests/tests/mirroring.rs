@@ -89,7 +89,8 @@ fn two_sessions_on_one_source_fan_out_and_detach_independently() {
     assert_eq!(count(&f1, Frame::is_echo_request), PINGS as usize, "other session disturbed");
     assert_eq!(count(&f1, Frame::is_echo_reply), PINGS as usize);
     let list = agent.list();
-    let names: Vec<&str> = list["sessions"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        list["sessions"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["b"]);
 }
 
@@ -98,7 +99,19 @@ fn many_sources_feed_one_destination() {
     let topo = Topology::new(1);
     let agent = topo.agent();
     // TaaS: two tap flows (client port, server port) into one tap service.
-    agent.ok(&["attach", "--name", "taas", "--source", "vc", "--source", "vs", "--dest", "vk0", "--direction", "ingress"]);
+    agent.ok(&[
+        "attach",
+        "--name",
+        "taas",
+        "--source",
+        "vc",
+        "--source",
+        "vs",
+        "--dest",
+        "vk0",
+        "--direction",
+        "ingress",
+    ]);
     let frames = ping_and_capture(&topo, 0, PINGS);
     // vc ingress carries the requests, vs ingress the replies.
     assert_eq!(count(&frames, Frame::is_echo_request), PINGS as usize);
@@ -119,7 +132,8 @@ fn thousand_sources_and_eight_sessions_per_source() {
     topo.host.ip(&["-batch", path.to_str().unwrap()]);
     std::fs::remove_file(&path).unwrap();
 
-    let mut args: Vec<String> = ["attach", "--name", "wide", "--dest", "vk0", "--direction", "ingress"].map(String::from).to_vec();
+    let mut args: Vec<String> =
+        ["attach", "--name", "wide", "--dest", "vk0", "--direction", "ingress"].map(String::from).to_vec();
     for i in 0..1024 {
         args.extend(["--source".into(), format!("d{i}")]);
     }
@@ -132,9 +146,20 @@ fn thousand_sources_and_eight_sessions_per_source() {
 
     // Seven more sessions fit on vc, a ninth does not.
     for i in 1..8 {
-        agent.ok(&["attach", "--name", &format!("s{i}"), "--source", "vc", "--dest", "vk0", "--direction", "ingress"]);
+        agent.ok(&[
+            "attach",
+            "--name",
+            &format!("s{i}"),
+            "--source",
+            "vc",
+            "--dest",
+            "vk0",
+            "--direction",
+            "ingress",
+        ]);
     }
-    let err = agent.fails(&["attach", "--name", "s9", "--source", "vc", "--dest", "vk0", "--direction", "ingress"]);
+    let err =
+        agent.fails(&["attach", "--name", "s9", "--source", "vc", "--dest", "vk0", "--direction", "ingress"]);
     assert!(err.contains("\"vc\"") && err.contains("8 sessions"), "{err}");
     let frames = ping_and_capture(&topo, 0, 5);
     assert_eq!(count(&frames, Frame::is_echo_request), 5 * 8, "one copy per session");
@@ -174,7 +199,11 @@ fn destination_down_loses_no_production_packet_and_recovers() {
     agent.ok(&["attach", "--name", "m", "--source", "vc", "--dest", "vk0"]);
     topo.host.ip(&["link", "set", "vk0", "down"]);
     let r = ping(&topo.client, SERVER_IP, 50);
-    assert_eq!((r.transmitted, r.received), (50, 50), "production packets lost while the destination is down");
+    assert_eq!(
+        (r.transmitted, r.received),
+        (50, 50),
+        "production packets lost while the destination is down"
+    );
     let down = agent.packets("m", "ingress", "dest_down");
     assert!(down >= 50, "dest_down counted {down}");
     assert!(agent.ok(&["list"]).contains("vk0 (down)"));
@@ -195,7 +224,11 @@ fn destination_deleted_loses_no_production_packet_and_is_reported() {
     agent.ok(&["attach", "--name", "m", "--source", "vc", "--dest", "vk0"]);
     topo.host.ip(&["link", "del", "vk0"]);
     let r = ping(&topo.client, SERVER_IP, 50);
-    assert_eq!((r.transmitted, r.received), (50, 50), "production packets lost after the destination was deleted");
+    assert_eq!(
+        (r.transmitted, r.received),
+        (50, 50),
+        "production packets lost after the destination was deleted"
+    );
     assert!(agent.packets("m", "ingress", "dest_missing") >= 50);
     let list = agent.list();
     assert_eq!(list["sessions"][0]["dest_state"], "missing");
@@ -210,7 +243,13 @@ fn a_cycle_of_sessions_cannot_loop() {
     agent.ok(&["attach", "--name", "a", "--source", "vc", "--dest", "vs"]);
     agent.ok(&["attach", "--name", "b", "--source", "vs", "--dest", "vc"]);
     let hook_frames = || -> u64 {
-        ["vc", "vs"].iter().map(|d| { let (rx, tx) = topo.host.link_packets(d); rx + tx }).sum()
+        ["vc", "vs"]
+            .iter()
+            .map(|d| {
+                let (rx, tx) = topo.host.link_packets(d);
+                rx + tx
+            })
+            .sum()
     };
     let before = hook_frames();
     ping(&topo.client, SERVER_IP, PINGS);
@@ -219,13 +258,18 @@ fn a_cycle_of_sessions_cannot_loop() {
     let stats = agent.stats();
     let copies: u64 = ["a", "b"]
         .iter()
-        .flat_map(|s| ["ingress", "egress"].map(|d| mirror_tests::topology::session_counter(&stats, s, d, "mirrored")))
+        .flat_map(|s| {
+            ["ingress", "egress"].map(|d| mirror_tests::topology::session_counter(&stats, s, d, "mirrored"))
+        })
         .sum();
     // Frames crossing vc/vs are originals plus our copies (sent out of them).
     // Each session copies each original on its source at most once.
     let originals = crossed - copies;
     assert!(copies > u64::from(PINGS));
-    assert!(copies <= originals, "{copies} copies for {originals} originals crossing one session's source each");
+    assert!(
+        copies <= originals,
+        "{copies} copies for {originals} originals crossing one session's source each"
+    );
     let not_again = stats["global"]["egress"]["copy_not_remirrored"]["packets"].as_u64().unwrap();
     assert!(not_again > 0, "copies reached the other session's hook but were not counted: {stats}");
     // Quiet once traffic stops: no copy keeps circulating.
@@ -243,4 +287,38 @@ fn mirroring_outlives_the_attaching_process() {
     assert_eq!(topo.host.pin_dir().join("links").read_dir().unwrap().count(), 2);
     let frames = ping_and_capture(&topo, 0, PINGS);
     assert_eq!(count(&frames, Frame::is_echo_request), PINGS as usize);
+}
+
+#[test]
+fn remote_collector_over_vxlan() {
+    // The tc + VXLAN recipe: the destination is a VXLAN device whose remote
+    // is the collector; the collector sees the original frames after decap.
+    let topo = Topology::new(0);
+    let agent = topo.agent();
+    let remote = mirror_tests::topology::Netns::new("remote");
+    let (h, r) = (&topo.host, &remote);
+    h.ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "eth0", "netns", &r.name]);
+    h.ip(&["link", "set", "ul0", "address", "02:00:c6:12:01:01"]);
+    r.ip(&["link", "set", "eth0", "address", "02:00:c6:12:01:02"]);
+    for (ns, dev, local, peer, peer_mac) in [
+        (h, "ul0", "198.18.1.1", "198.18.1.2", "02:00:c6:12:01:02"),
+        (r, "eth0", "198.18.1.2", "198.18.1.1", "02:00:c6:12:01:01"),
+    ] {
+        ns.ip(&["addr", "add", &format!("{local}/24"), "dev", dev]);
+        ns.ip(&["link", "set", dev, "up"]);
+        ns.ip(&["neigh", "add", peer, "lladdr", peer_mac, "dev", dev, "nud", "permanent"]);
+        ns.ip(&[
+            "link", "add", "vx0", "type", "vxlan", "id", "100", "local", local, "remote", peer, "dev", dev,
+            "dstport", "4789",
+        ]);
+        ns.ip(&["link", "set", "vx0", "up"]);
+    }
+    agent.ok(&["attach", "--name", "remote", "--source", "vc", "--dest", "vx0"]);
+    let cap = Capture::start(&remote, "vx0");
+    let r = ping(&topo.client, SERVER_IP, PINGS);
+    assert_eq!(r.received, r.transmitted);
+    std::thread::sleep(Duration::from_millis(100));
+    let frames = cap.stop();
+    assert_eq!(count(&frames, Frame::is_echo_request), PINGS as usize, "{frames:?}");
+    assert_eq!(count(&frames, Frame::is_echo_reply), PINGS as usize);
 }

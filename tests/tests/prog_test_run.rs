@@ -43,7 +43,8 @@ impl Fixture {
 
     fn load(&self) -> Ebpf {
         let bytes = std::fs::read(mirror_tests::ebpf_object()).expect("eBPF object (cargo xtask build-ebpf)");
-        let mut ebpf = EbpfLoader::new().default_map_pin_directory(&self.bpffs).load(&bytes).expect("load object");
+        let mut ebpf =
+            EbpfLoader::new().default_map_pin_directory(&self.bpffs).load(&bytes).expect("load object");
         for name in ["mirror_src_ingress", "mirror_dst_egress"] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
@@ -90,14 +91,15 @@ fn run(ebpf: &Ebpf, prog: &str, data: &[u8], ifindex: u32, mark: u32) -> (u32, u
 
 fn counter(ebpf: &Ebpf, session: u32, dir: u32, r: u32) -> Counter {
     let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(ebpf.map("COUNTERS").unwrap()).unwrap();
-    map.get(&counter_index(session, dir, r), 0).unwrap().iter().fold(Counter::default(), |a, c| Counter {
-        packets: a.packets + c.packets,
-        bytes: a.bytes + c.bytes,
-    })
+    map.get(&counter_index(session, dir, r), 0)
+        .unwrap()
+        .iter()
+        .fold(Counter::default(), |a, c| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes })
 }
 
 fn set_source(ebpf: &mut Ebpf, src: u32, dest: u32, snaplen: u32) {
-    let mut sources: HashMap<_, SourceKey, SourceEntry> = HashMap::try_from(ebpf.map_mut("SOURCES").unwrap()).unwrap();
+    let mut sources: HashMap<_, SourceKey, SourceEntry> =
+        HashMap::try_from(ebpf.map_mut("SOURCES").unwrap()).unwrap();
     let mut entry = SourceEntry { slot_count: 1, ..Default::default() };
     entry.slots[0] = SessionSlot { session_id: 1, dest_ifindex: dest, snaplen, flags: 0 };
     sources.insert(SourceKey { ifindex: src, direction: direction::INGRESS }, entry, 0).unwrap();
@@ -156,7 +158,8 @@ fn destination_program_cuts_only_tagged_copies() {
     fx.ns.run(|| {
         let mut ebpf = fx.load();
         {
-            let mut sessions: Array<_, SessionConfig> = Array::try_from(ebpf.map_mut("SESSIONS").unwrap()).unwrap();
+            let mut sessions: Array<_, SessionConfig> =
+                Array::try_from(ebpf.map_mut("SESSIONS").unwrap()).unwrap();
             let mut cfg = SessionConfig::EMPTY;
             cfg.name[0] = b's';
             cfg.snaplen = 64;
@@ -172,4 +175,25 @@ fn destination_program_cuts_only_tagged_copies() {
         assert_eq!(run(&ebpf, "mirror_dst_egress", &frame(60), fx.dst, tag).2, 60);
         assert_eq!(counter(&ebpf, 1, direction::INGRESS, reason::SNAP_FAILED).packets, 0);
     });
+}
+
+/// The verifier accepts each program, and the work it does stays bounded:
+/// a regression guard on the hot path's complexity (the figures are printed
+/// for the release notes).
+#[test]
+fn verifier_work_stays_within_budget() {
+    let fx = Fixture::new();
+    let bytes = std::fs::read(mirror_tests::ebpf_object()).expect("eBPF object");
+    let mut ebpf = EbpfLoader::new().default_map_pin_directory(&fx.bpffs).load(&bytes).expect("load object");
+    for name in ["mirror_src_ingress", "mirror_src_egress", "mirror_dst_egress"] {
+        let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+        p.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+        let info = p.info().expect("program info");
+        let verified = info.verified_instruction_count().expect("verified_insns (kernel >= 5.16)");
+        let xlated = info.size_translated().unwrap_or(0) / 8;
+        eprintln!(
+            "{name}: verifier processed {verified} instructions; {xlated} instructions after translation"
+        );
+        assert!(verified < 20_000, "{name}: verifier processed {verified} instructions");
+    }
 }

@@ -45,7 +45,10 @@ fn topology() -> Result<()> {
     for ns in [HOST, CLIENT, SERVER, COLLECTOR] {
         let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
         ip(&["netns", "add", ns])?;
-        run_cmd(&mut ns_exec(ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]))?;
+        run_cmd(&mut ns_exec(
+            ns,
+            &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
+        ))?;
     }
     ip(&["-n", HOST, "link", "add", "br0", "type", "bridge"])?;
     ip(&["-n", HOST, "link", "set", "br0", "up"])?;
@@ -62,9 +65,12 @@ fn topology() -> Result<()> {
 
 pub fn run(agent: &Path) -> Result<()> {
     let _teardown = Teardown { agent };
-    println!("== topology: client (198.18.0.1) -- vc [bridge br0 in {HOST}] vs -- server (198.18.0.2); vk -> collector");
+    println!(
+        "== topology: client (198.18.0.1) -- vc [bridge br0 in {HOST}] vs -- server (198.18.0.2); vk -> collector"
+    );
     topology()?;
-    let agent_cmd = |args: &[&str]| -> Result<()> { run_cmd(Command::new(agent).args(["-n", HOST]).args(args)) };
+    let agent_cmd =
+        |args: &[&str]| -> Result<()> { run_cmd(Command::new(agent).args(["-n", HOST]).args(args)) };
 
     println!("\n== mirror-agent -n {HOST} attach --name demo --source vc --dest vk --direction both");
     agent_cmd(&["attach", "--name", "demo", "--source", "vc", "--dest", "vk", "--direction", "both"])?;
@@ -77,7 +83,9 @@ pub fn run(agent: &Path) -> Result<()> {
         .spawn()?;
     sleep(Duration::from_millis(500));
 
-    let mut ping = ns_exec(CLIENT, &["ping", "-q", "-c", "30", "-i", "0.1", "198.18.0.2"]).stdout(Stdio::null()).spawn()?;
+    let mut ping = ns_exec(CLIENT, &["ping", "-q", "-c", "30", "-i", "0.1", "198.18.0.2"])
+        .stdout(Stdio::null())
+        .spawn()?;
     for second in 1..=3 {
         sleep(Duration::from_secs(1));
         println!("\n== live counters, t={second}s: mirror-agent -n {HOST} stats");
@@ -92,5 +100,3 @@ pub fn run(agent: &Path) -> Result<()> {
     agent_cmd(&["detach", "--all"])?;
     Ok(())
 }
-
-

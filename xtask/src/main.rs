@@ -27,7 +27,10 @@ enum Task {
     Setup,
     /// Build the eBPF object; print its path, size and whether it has BTF.
     BuildEbpf,
-    /// Unit tests, BPF_PROG_TEST_RUN tests and the privileged namespace suite.
+    /// rustfmt check and clippy (warnings are errors) on every crate, the
+    /// eBPF one included.
+    Lint,
+    /// Lint, unit tests, BPF_PROG_TEST_RUN tests and the privileged namespace suite.
     Test {
         /// Only run privileged tests whose name contains this.
         filter: Option<String>,
@@ -78,7 +81,10 @@ fn build_ebpf() -> Result<PathBuf> {
     // SAFETY: single-threaded here.
     unsafe {
         std::env::set_var("OUT_DIR", &out);
-        std::env::set_var("CARGO_CFG_TARGET_ENDIAN", if cfg!(target_endian = "big") { "big" } else { "little" });
+        std::env::set_var(
+            "CARGO_CFG_TARGET_ENDIAN",
+            if cfg!(target_endian = "big") { "big" } else { "little" },
+        );
         std::env::set_var("CARGO_CFG_TARGET_ARCH", std::env::consts::ARCH);
     }
     ebpf_build::build(&root)
@@ -101,6 +107,22 @@ fn has_btf(elf: &[u8]) -> bool {
     })
 }
 
+fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    let deny = ["--", "-D", "warnings"];
+    run(cargo().args(["clippy", "--workspace", "--exclude", "mirror-ebpf", "--all-targets"]).args(deny))?;
+    // The eBPF crate only builds for the BPF target, with the nightly: go
+    // through the rustup proxy (`cargo +nightly`), not the resolved stable cargo.
+    let mut ebpf = Command::new("cargo");
+    ebpf.current_dir(workspace_root().join(ebpf_build::EBPF_PACKAGE))
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["+nightly", "clippy", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--bins"])
+        .args(deny);
+    run(&mut ebpf)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.task {
@@ -114,10 +136,15 @@ fn main() -> Result<()> {
             println!("BTF:         {}", if has_btf(&bytes) { "yes" } else { "no" });
             Ok(())
         }
+        Task::Lint => {
+            setup::toolchain()?;
+            lint()
+        }
         Task::Test { filter } => {
             require_root("test")?;
             setup::all()?;
             let object = build_ebpf()?;
+            lint()?;
             run(cargo().args(["build", "--workspace", "--exclude", "mirror-ebpf", "--all-targets"]))?;
             // Unit tests of the default members: no privileges needed.
             run(cargo().args(["test"]))?;

@@ -7,12 +7,8 @@ use crate::{ebpf_build, run, workspace_root};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: (a binary it provides, the package).
-const PACKAGES: &[(&str, &str)] = &[
-    ("ip", "iproute2"),
-    ("tc", "iproute2"),
-    ("ping", "iputils-ping"),
-    ("tcpdump", "tcpdump"),
-];
+const PACKAGES: &[(&str, &str)] =
+    &[("ip", "iproute2"), ("tc", "iproute2"), ("ping", "iputils-ping"), ("tcpdump", "tcpdump")];
 
 pub fn all() -> Result<()> {
     packages()?;
@@ -38,7 +34,10 @@ fn packages() -> Result<()> {
 }
 
 fn nightly_sysroot() -> Result<std::path::PathBuf> {
-    let out = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output().context("running rustc +nightly")?;
+    let out = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .context("running rustc +nightly")?;
     if !out.status.success() {
         bail!("the nightly toolchain is missing: `rustup toolchain install nightly`");
     }
@@ -53,7 +52,10 @@ pub fn toolchain() -> Result<()> {
     }
     let root = workspace_root();
     let linker = ebpf_build::tools_bin(&root).join("bpf-linker");
-    let current = Command::new(&linker).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let current = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     if current.as_deref().is_ok_and(|v| v.contains(BPF_LINKER_VERSION)) {
         return Ok(());
     }
@@ -70,7 +72,15 @@ pub fn toolchain() -> Result<()> {
     std::os::unix::fs::symlink(&llvm, &link)?;
     eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} into .tools (about a minute)");
     run(Command::new("cargo")
-        .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--no-default-features", "--features", "llvm-22", "--root"])
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+            "--root",
+        ])
         .arg(root.join(".tools"))
         .env("LLVM_PREFIX", &sysroot)
         .env("RUSTFLAGS", format!("-L native={}", link_dir.display())))
