@@ -4,10 +4,11 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc,
     },
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use crate::topology::Netns;
@@ -58,6 +59,8 @@ impl Frame {
 #[derive(Debug)]
 pub struct Capture {
     stop: Arc<AtomicBool>,
+    /// Frames received so far (for [`Capture::settle`]).
+    seen: Arc<AtomicUsize>,
     handle: Option<JoinHandle<Vec<Frame>>>,
 }
 
@@ -69,6 +72,8 @@ impl Capture {
         let ns_name = ns.name.clone();
         let dev = dev.to_owned();
         let flag = stop.clone();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
         let handle = std::thread::spawn(move || {
             Netns { name: ns_name.clone() }.enter_and_forget();
             let sock = open(&dev);
@@ -77,16 +82,33 @@ impl Capture {
             let mut buf = vec![0u8; KEEP];
             while !flag.load(Ordering::Relaxed) {
                 drain(&sock, &mut buf, &mut frames);
+                counter.store(frames.len(), Ordering::Relaxed);
             }
             drain(&sock, &mut buf, &mut frames);
             frames
         });
         ready_rx.recv().expect("capture thread died before binding");
-        Self { stop, handle: Some(handle) }
+        Self { stop, seen, handle: Some(handle) }
     }
 
-    /// Stops and returns every frame received.
+    /// Waits until the wire is quiet: no new frame for 50 ms (at most 5 s).
+    /// Copies are in flight for microseconds; this only absorbs scheduling.
+    pub fn settle(&self) {
+        let start = Instant::now();
+        let mut last = self.seen.load(Ordering::Relaxed);
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = self.seen.load(Ordering::Relaxed);
+            if now == last || start.elapsed() > Duration::from_secs(5) {
+                return;
+            }
+            last = now;
+        }
+    }
+
+    /// Waits for quiet, stops, and returns every frame received.
     pub fn stop(mut self) -> Vec<Frame> {
+        self.settle();
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().expect("running").join().expect("capture thread panicked")
     }

@@ -95,7 +95,6 @@ fn classic_filter_on_the_same_hook_keeps_working() {
     agent.ok(&["attach", "--name", "m", "--source", "vc", "--dest", "vk0"]);
     let cap = Capture::start(&topo.collectors[0], "eth0");
     ping(&topo.client, SERVER_IP, 10);
-    std::thread::sleep(Duration::from_millis(100));
     assert_eq!(cap.stop().iter().filter(|f| f.is_echo_request()).count(), 10);
     let during = classic_hits(h, "ops0");
     assert_eq!(during - before, 10, "filter not hit while mirroring");
@@ -134,7 +133,6 @@ fn netlink_fallback_mirrors_and_cleans_up_only_what_it_created() {
 
     let cap = Capture::start(&topo.collectors[0], "eth0");
     ping(&topo.client, SERVER_IP, 10);
-    std::thread::sleep(Duration::from_millis(100));
     let frames = cap.stop();
     assert_eq!(frames.iter().filter(|f| f.is_echo_request()).count(), 10);
     assert_eq!(frames.iter().filter(|f| f.is_echo_reply()).count(), 10);
@@ -286,7 +284,6 @@ fn sessions_in_different_namespaces_do_not_collide() {
     two.agent().ok(&["attach", "--name", "m", "--source", "vc", "--dest", "vk0", "--direction", "egress"]);
     let cap = Capture::start(&two.collectors[0], "eth0");
     ping(&two.client, SERVER_IP, 5);
-    std::thread::sleep(Duration::from_millis(100));
     let frames = cap.stop();
     assert_eq!(frames.iter().filter(|f| f.is_echo_reply()).count(), 5);
     assert_eq!(frames.iter().filter(|f| f.is_echo_request()).count(), 0);

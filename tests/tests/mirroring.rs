@@ -16,7 +16,6 @@ fn ping_and_capture(topo: &Topology, collector: usize, count: u32) -> Vec<Frame>
     let cap = Capture::start(&topo.collectors[collector], "eth0");
     let r = ping(&topo.client, SERVER_IP, count);
     assert_eq!(r.received, r.transmitted, "production traffic lost: {r:?}");
-    std::thread::sleep(Duration::from_millis(100));
     cap.stop()
 }
 
@@ -74,7 +73,6 @@ fn two_sessions_on_one_source_fan_out_and_detach_independently() {
     let cap0 = Capture::start(&topo.collectors[0], "eth0");
     let cap1 = Capture::start(&topo.collectors[1], "eth0");
     ping(&topo.client, SERVER_IP, PINGS);
-    std::thread::sleep(Duration::from_millis(100));
     let (f0, f1) = (cap0.stop(), cap1.stop());
     assert_eq!(count(&f0, Frame::is_echo_request), PINGS as usize);
     assert_eq!(count(&f1, Frame::is_echo_request), PINGS as usize);
@@ -83,7 +81,6 @@ fn two_sessions_on_one_source_fan_out_and_detach_independently() {
     let cap0 = Capture::start(&topo.collectors[0], "eth0");
     let cap1 = Capture::start(&topo.collectors[1], "eth0");
     ping(&topo.client, SERVER_IP, PINGS);
-    std::thread::sleep(Duration::from_millis(100));
     let (f0, f1) = (cap0.stop(), cap1.stop());
     assert_eq!(count(&f0, |f| f.icmp_type().is_some()), 0, "detached session still copies");
     assert_eq!(count(&f1, Frame::is_echo_request), PINGS as usize, "other session disturbed");
@@ -173,7 +170,6 @@ fn snaplen_cuts_copies_and_leaves_originals_intact() {
     agent.ok(&["attach", "--name", "snap", "--source", "vc", "--dest", "vk0", "--snaplen", "128"]);
     let cap = Capture::start(&topo.collectors[0], "eth0");
     let (sent, received, len) = tcp_transfer(&topo.client, &topo.server, SERVER_IP, 5001, 4 << 20);
-    std::thread::sleep(Duration::from_millis(200));
     let frames = cap.stop();
     assert_eq!(len, 4 << 20, "bytes received");
     assert_eq!(sent, received, "originals changed in flight");
@@ -212,7 +208,6 @@ fn destination_down_loses_no_production_packet_and_recovers() {
     wait_until(Duration::from_secs(5), "copies flowing again", || {
         let cap = Capture::start(&topo.collectors[0], "eth0");
         ping(&topo.client, SERVER_IP, 3);
-        std::thread::sleep(Duration::from_millis(50));
         count(&cap.stop(), Frame::is_echo_request) == 3
     });
 }
@@ -253,8 +248,13 @@ fn a_cycle_of_sessions_cannot_loop() {
     };
     let before = hook_frames();
     ping(&topo.client, SERVER_IP, PINGS);
-    std::thread::sleep(Duration::from_millis(200));
-    let crossed = hook_frames() - before;
+    let mut last = hook_frames();
+    wait_until(Duration::from_secs(5), "interface counters to settle", || {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = hook_frames();
+        std::mem::replace(&mut last, now) == now
+    });
+    let crossed = last - before;
     let stats = agent.stats();
     let copies: u64 = ["a", "b"]
         .iter()
@@ -317,7 +317,6 @@ fn remote_collector_over_vxlan() {
     let cap = Capture::start(&remote, "vx0");
     let r = ping(&topo.client, SERVER_IP, PINGS);
     assert_eq!(r.received, r.transmitted);
-    std::thread::sleep(Duration::from_millis(100));
     let frames = cap.stop();
     assert_eq!(count(&frames, Frame::is_echo_request), PINGS as usize, "{frames:?}");
     assert_eq!(count(&frames, Frame::is_echo_reply), PINGS as usize);
