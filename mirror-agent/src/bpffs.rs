@@ -110,6 +110,16 @@ fn in_private_mount_namespace() -> bool {
     })
 }
 
+/// Refuses to work from a private mount namespace without the host's bpffs:
+/// sessions made there vanish with the process, and the host's sessions are
+/// invisible (so `list` would say "none" and `detach` would find nothing).
+pub fn refuse_private_mount_namespace(bpffs: &Path) -> Result<()> {
+    if !is_bpffs(bpffs) && in_private_mount_namespace() {
+        return Err(InputError::PrivateMountNamespace { bpffs: bpffs.display().to_string() }.into());
+    }
+    Ok(())
+}
+
 /// Makes sure `bpffs` is a bpffs mount, mounting one if nothing is there.
 /// Refuses inside a private mount namespace, where a fresh mount (and every
 /// pin in it) would disappear with this process.
@@ -132,8 +142,10 @@ pub fn ensure_mounted(bpffs: &Path) -> Result<()> {
     Ok(())
 }
 
-/// An exclusive or shared `flock` on the namespace directory: serialises
-/// concurrent CLI invocations that change the same namespace's sessions.
+/// An exclusive or shared `flock` on the bpffs mount's root directory:
+/// serialises concurrent invocations. (Not on the namespace's own
+/// directory: the last detach removes that, and a waiter would then hold a
+/// lock on a deleted directory while another invocation locks a new one.)
 #[derive(Debug)]
 pub struct DirLock {
     _file: File,

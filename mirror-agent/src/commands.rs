@@ -100,8 +100,8 @@ pub fn attach(ctx: &Context, args: &AttachArgs) -> Result<()> {
     // 2. Checks against existing sessions, under the lock.
     bpffs::ensure_mounted(&ctx.layout.bpffs)?;
     let layout = &ctx.layout;
+    let _lock = DirLock::acquire(&layout.bpffs, true)?;
     fs::create_dir_all(&layout.dir).with_context(|| format!("creating {}", layout.dir.display()))?;
-    let _lock = DirLock::acquire(&layout.dir, true)?;
     let config = SessionConfig {
         name: packed_name,
         dest_ifindex,
@@ -148,7 +148,7 @@ fn cleanup_if_unused(store: Store, layout: &Layout) -> Result<()> {
         return Ok(());
     }
     drop(store);
-    for name in [names::SOURCES, names::SESSIONS, names::COUNTERS] {
+    for name in names::PINNED_MAPS {
         match fs::remove_file(layout.map(name)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -162,10 +162,13 @@ pub fn detach(ctx: &Context, name: Option<&str>, all: bool) -> Result<()> {
     let layout = &ctx.layout;
     let unknown =
         || -> anyhow::Error { InputError::UnknownSession(name.unwrap_or_default().to_owned()).into() };
+    if !bpffs::is_bpffs(&layout.bpffs) {
+        return if all { Ok(()) } else { Err(unknown()) };
+    }
+    let _lock = DirLock::acquire(&layout.bpffs, true)?;
     if !layout.dir.is_dir() {
         return if all { Ok(()) } else { Err(unknown()) };
     }
-    let _lock = DirLock::acquire(&layout.dir, true)?;
     let Some(mut store) = Store::open(layout)? else {
         return if all { layout.remove_empty_dirs() } else { Err(unknown()) };
     };
@@ -181,11 +184,11 @@ pub fn detach(ctx: &Context, name: Option<&str>, all: bool) -> Result<()> {
     for s in &targets {
         store.remove_sources(s.id)?;
     }
-    hooks::reconcile(&store, layout, ctx.mode)?;
+    hooks::detach_unneeded(&store, layout)?;
     for s in &targets {
         store.clear_session(s.id)?;
     }
-    hooks::reconcile(&store, layout, ctx.mode)?;
+    hooks::detach_unneeded(&store, layout)?;
     cleanup_if_unused(store, layout)
 }
 
@@ -212,10 +215,10 @@ fn iface_label(ifindex: u32) -> String {
 }
 
 fn open_read_only(ctx: &Context) -> Result<Option<(Store, DirLock)>> {
-    if !ctx.layout.dir.is_dir() {
+    if !bpffs::is_bpffs(&ctx.layout.bpffs) {
         return Ok(None);
     }
-    let lock = DirLock::acquire(&ctx.layout.dir, false)?;
+    let lock = DirLock::acquire(&ctx.layout.bpffs, false)?;
     Ok(Store::open(&ctx.layout)?.map(|s| (s, lock)))
 }
 

@@ -153,8 +153,11 @@ fn parse_pin(name: &str) -> Option<(Hook, Record)> {
 }
 
 fn attached(layout: &Layout) -> Result<Vec<Attached>> {
-    let dir = layout.links_dir();
-    let entries = match fs::read_dir(&dir) {
+    attached_in(&layout.links_dir())
+}
+
+fn attached_in(dir: &std::path::Path) -> Result<Vec<Attached>> {
+    let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
@@ -193,15 +196,22 @@ pub fn attached_count(layout: &Layout) -> Result<usize> {
     Ok(attached(layout)?.len())
 }
 
+/// Detaches every hook the maps no longer need, and attaches nothing: what
+/// `detach` runs, so that removing a session never depends on hooking others.
+pub fn detach_unneeded(store: &Store, layout: &Layout) -> Result<()> {
+    let want = desired(store)?;
+    for a in attached(layout)?.iter().filter(|a| !want.contains(&a.hook)) {
+        detach(a)?;
+    }
+    Ok(())
+}
+
 /// Brings the attachments in line with the maps. Detaches first, so that a
 /// removed session stops costing anything even if a later attach fails.
 pub fn reconcile(store: &Store, layout: &Layout, mode: AttachMode) -> Result<()> {
+    detach_unneeded(store, layout)?;
     let want = desired(store)?;
     let have = attached(layout)?;
-
-    for a in have.iter().filter(|a| !want.contains(&a.hook)) {
-        detach(a)?;
-    }
     let present: BTreeSet<Hook> = have.iter().map(|a| a.hook).collect();
     let missing: Vec<Hook> = want
         .into_iter()
@@ -251,22 +261,61 @@ fn attach(ebpf: &mut aya::Ebpf, layout: &Layout, hook: Hook, use_tcx: bool) -> R
             Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
             Err(e) => return Err(e).with_context(|| format!("adding clsact qdisc to {ifname}")),
         };
+        // Whatever fails from here on, leave no filter or qdisc behind.
+        let undo_qdisc = |created: bool| {
+            if created && tc_netlink::clsact_is_empty(hook.ifindex).unwrap_or(false) {
+                let _ = tc_netlink::delete_clsact(hook.ifindex);
+            }
+        };
         let options = NlOptions { priority: NETLINK_PRIORITY, ..Default::default() };
-        let id = prog
-            .attach_with_options(&ifname, hook.kind.attach_type(), TcAttachOptions::Netlink(options))
-            .with_context(ctx)?;
+        let id = match prog.attach_with_options(
+            &ifname,
+            hook.kind.attach_type(),
+            TcAttachOptions::Netlink(options),
+        ) {
+            Ok(id) => id,
+            Err(e) => {
+                undo_qdisc(created);
+                return Err(e).with_context(ctx);
+            }
+        };
         let link = prog.take_link(id)?;
         let record = Record::Netlink {
             priority: link.priority()?,
             handle: link.handle()?.into(),
             created_qdisc: created,
         };
-        // The filter lives on in the qdisc (dropping the link would delete
-        // it); the pinned program records it as ours.
-        std::mem::forget(link);
-        prog.pin(pin_path(layout, hook, record)).with_context(ctx)?;
+        match prog.pin(pin_path(layout, hook, record)) {
+            // The filter lives on in the qdisc (dropping the link would
+            // delete it); the pinned program records it as ours.
+            Ok(()) => std::mem::forget(link),
+            Err(e) => {
+                drop(link);
+                undo_qdisc(created);
+                return Err(e).with_context(ctx);
+            }
+        }
     }
     tracing::info!(hook = ?hook.kind, ifname, tcx = use_tcx, "attached");
+    Ok(())
+}
+
+/// The clsact the agent created outlives the hook that recorded it when
+/// other agent filters remain on the interface: pass the record on to one of
+/// them, so that the last one out removes the qdisc.
+fn hand_over_qdisc(from: &Attached) -> Result<()> {
+    let Some(parent) = from.pin.parent() else { return Ok(()) };
+    for a in attached_in(parent)? {
+        if let Record::Netlink { priority, handle, created_qdisc: false } = a.record
+            && a.hook.ifindex == from.hook.ifindex
+            && a.pin != from.pin
+        {
+            let record = Record::Netlink { priority, handle, created_qdisc: true };
+            fs::rename(&a.pin, parent.join(pin_name(a.hook, record)))
+                .with_context(|| format!("recording clsact ownership on {}", a.pin.display()))?;
+            return Ok(());
+        }
+    }
     Ok(())
 }
 
@@ -295,8 +344,12 @@ fn detach(a: &Attached) -> Result<()> {
                         if e.raw_os_error() == Some(libc::ENOENT) => {}
                     Err(e) => return Err(e).with_context(ctx),
                 }
-                if created_qdisc && tc_netlink::clsact_is_empty(a.hook.ifindex)? {
-                    tc_netlink::delete_clsact(a.hook.ifindex).with_context(ctx)?;
+                if created_qdisc {
+                    if tc_netlink::clsact_is_empty(a.hook.ifindex)? {
+                        tc_netlink::delete_clsact(a.hook.ifindex).with_context(ctx)?;
+                    } else {
+                        hand_over_qdisc(a)?;
+                    }
                 }
             }
             fs::remove_file(&a.pin).with_context(ctx)?;

@@ -72,6 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(name) = &cli.netns {
         netns::enter(name)?;
     }
+    bpffs::refuse_private_mount_namespace(&cli.bpffs)?;
     let ctx = Context {
         netns_label: cli.netns.clone().unwrap_or_else(|| "current".to_owned()),
         layout: Layout::new(&cli.bpffs, &netns::current_id()?),

@@ -71,11 +71,37 @@ pub fn pack_name(name: &str) -> Result<[u8; SESSION_NAME_LEN], InputError> {
 /// Packets and bytes per reason for one session and direction.
 pub type ReasonCounters = [Counter; reason::COUNT as usize];
 
+/// Waits until every BPF program run that started before the call has
+/// finished (`membarrier(MEMBARRIER_CMD_GLOBAL)` is `synchronize_rcu()`;
+/// tc programs run inside RCU read-side sections). About 10 ms.
+fn wait_for_running_programs() -> Result<()> {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        // nohz_full kernels refuse it; programs run for microseconds, so a
+        // generous sleep is a safe substitute.
+        tracing::debug!("membarrier: {}; sleeping instead", std::io::Error::last_os_error());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// Typed handles on the three pinned maps.
+///
+/// Map elements freed by an update or delete can be handed out again by the
+/// very next update (preallocated hash elements are recycled at once; array
+/// slots are rewritten in place), while a program that looked them up may
+/// still be reading them. So no write that fills an element follows a free,
+/// or reuses a session id, without an RCU grace period in between: programs
+/// always see a whole old or a whole new entry, never another key's.
 pub struct Store {
     sources: HashMap<MapData, SourceKey, SourceEntry>,
     sessions: Array<MapData, SessionConfig>,
     counters: PerCpuArray<MapData, Counter>,
+    /// Something may have been freed (here, or by an earlier invocation)
+    /// since the last grace period.
+    freed_since_grace_period: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -106,7 +132,17 @@ impl Store {
             sources: HashMap::try_from(Map::HashMap(sources))?,
             sessions: Array::try_from(Map::Array(sessions))?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(counters))?,
+            freed_since_grace_period: true,
         }))
+    }
+
+    /// Call before any write that fills a map element.
+    fn before_fill(&mut self) -> Result<()> {
+        if self.freed_since_grace_period {
+            wait_for_running_programs()?;
+            self.freed_since_grace_period = false;
+        }
+        Ok(())
     }
 
     /// Opens the maps, creating and pinning them first if needed.
@@ -181,6 +217,8 @@ impl Store {
     /// its id. Sources are added separately, once the destination is ready.
     pub fn insert_session(&mut self, config: &SessionConfig) -> Result<u32> {
         let id = self.free_id()?;
+        // Copies of a detached session with this id may still be in flight.
+        self.before_fill()?;
         let cpus = nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
         for dir in [direction::INGRESS, direction::EGRESS] {
             for r in 0..reason::COUNT {
@@ -207,7 +245,10 @@ impl Store {
                     flags: 0,
                 };
                 entry.slot_count += 1;
+                self.before_fill()?;
                 self.sources.insert(key, entry, 0).context("writing SOURCES")?;
+                // Replacing an entry frees the old element.
+                self.freed_since_grace_period = true;
             }
         }
         Ok(())
@@ -229,14 +270,18 @@ impl Store {
             } else {
                 let mut new = SourceEntry { slot_count: kept.len() as u32, ..Default::default() };
                 new.slots[..kept.len()].copy_from_slice(&kept);
+                self.before_fill()?;
                 self.sources.insert(key, new, 0).context("writing SOURCES")?;
             }
+            self.freed_since_grace_period = true;
         }
         Ok(())
     }
 
     pub fn clear_session(&mut self, id: u32) -> Result<()> {
-        self.sessions.set(id, SessionConfig::EMPTY, 0).context("writing SESSIONS")
+        self.sessions.set(id, SessionConfig::EMPTY, 0).context("writing SESSIONS")?;
+        self.freed_since_grace_period = true;
+        Ok(())
     }
 
     /// Counters of one session (or [`mirror_common::GLOBAL_SESSION_ID`]) and

@@ -70,6 +70,9 @@ fn transact(ty: u16, flags: u16, tc: TcMsg, mut on_message: impl FnMut(u16)) -> 
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "netlink socket closed"));
+        }
         let mut off = 0usize;
         let n = n as usize;
         while off + size_of::<libc::nlmsghdr>() <= n {
@@ -82,7 +85,10 @@ fn transact(ty: u16, flags: u16, tc: TcMsg, mut on_message: impl FnMut(u16)) -> 
             match i32::from(hdr.nlmsg_type) {
                 libc::NLMSG_DONE => return Ok(()),
                 libc::NLMSG_ERROR => {
-                    // SAFETY: an error message carries an i32 errno after the header.
+                    if len < size_of::<libc::nlmsghdr>() + size_of::<i32>() {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, "short netlink error"));
+                    }
+                    // SAFETY: checked above: an i32 errno follows the header.
                     let errno: i32 = unsafe {
                         std::ptr::read_unaligned(buf[off + size_of::<libc::nlmsghdr>()..].as_ptr().cast())
                     };

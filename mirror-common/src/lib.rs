@@ -25,9 +25,11 @@ pub mod direction {
 
 /// Why a counter moved. Counted per session and direction in `COUNTERS`.
 ///
-/// 0–7 describe selection and delivery; 8–13 are failures, each of which
-/// leaves the original packet untouched (fail-open); 14–15 are counted on
-/// the program-wide pseudo session [`GLOBAL_SESSION_ID`].
+/// 0–5 describe selection and delivery; 6 and 8–13 are copies that did not
+/// reach the destination, each leaving the original untouched (fail-open);
+/// 14–15 are counted on the program-wide pseudo session [`GLOBAL_SESSION_ID`].
+/// Every copy attempt is counted once, at the source hook, under `matched`
+/// and under exactly one outcome: `mirrored` or a failure.
 pub mod reason {
     /// The packet was selected by the session (before any copy attempt).
     pub const MATCHED: u32 = 0;
@@ -41,8 +43,11 @@ pub mod reason {
     pub const SAMPLED_OUT: u32 = 4;
     /// Reserved: skipped by the session's rate limit.
     pub const RATE_LIMITED: u32 = 5;
-    /// Destination is down or has no carrier: `-ENETDOWN`, or `NET_XMIT_CN`
-    /// from the `noop_qdisc` the kernel installs on such a device.
+    /// The destination's qdisc answered `NET_XMIT_CN`: it is congested, or
+    /// the destination is down / without carrier (such a device's
+    /// `noop_qdisc` answers this). `stats` shows the destination's state.
+    pub const DEST_CONGESTED: u32 = 6;
+    /// Destination is down (`-ENETDOWN`).
     pub const DEST_DOWN: u32 = 8;
     /// Destination ifindex does not exist (deleted) (`-EINVAL`).
     pub const DEST_MISSING: u32 = 9;
@@ -71,7 +76,7 @@ pub mod reason {
         "filtered",
         "sampled_out",
         "rate_limited",
-        "reserved_6",
+        "dest_congested",
         "reserved_7",
         "dest_down",
         "dest_missing",
@@ -85,7 +90,7 @@ pub mod reason {
 
     /// True for the codes that count a copy that did not reach the destination.
     pub const fn is_failure(reason: u32) -> bool {
-        reason >= DEST_DOWN && reason <= REDIRECT_FAILED
+        reason == DEST_CONGESTED || (reason >= DEST_DOWN && reason <= REDIRECT_FAILED)
     }
 }
 
@@ -246,6 +251,10 @@ pub mod names {
     pub const SOURCES: &str = "SOURCES";
     pub const SESSIONS: &str = "SESSIONS";
     pub const COUNTERS: &str = "COUNTERS";
+    /// Per-CPU scratch: the destination hook's verdict on the copy in flight.
+    pub const CUT_VERDICT: &str = "CUT_VERDICT";
+    /// Every map the programs pin (removed with the last session).
+    pub const PINNED_MAPS: [&str; 4] = [SOURCES, SESSIONS, COUNTERS, CUT_VERDICT];
     /// Attached at tc ingress of a source interface.
     pub const PROG_SRC_INGRESS: &str = "mirror_src_ingress";
     /// Attached at tc egress of a source interface.
@@ -293,7 +302,7 @@ mod tests {
     #[test]
     fn failure_reasons_are_exactly_the_delivery_errors() {
         let failures: usize = (0..reason::COUNT).filter(|r| reason::is_failure(*r)).count();
-        assert_eq!(failures, 6);
+        assert_eq!(failures, 7);
         assert!(!reason::is_failure(reason::MIRRORED));
         assert!(!reason::is_failure(reason::NO_SESSION));
     }

@@ -23,13 +23,23 @@ static SESSIONS: Array<SessionConfig> = Array::pinned(MAX_SESSIONS, 0);
 #[map]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 
+/// What the destination hook did to the copy being sent, for the source hook
+/// that sent it. `bpf_clone_redirect` runs the destination's tc egress
+/// synchronously on this CPU, so the source reads the verdict right after the
+/// call returns and counts each copy exactly once, under the right reason.
+#[map]
+static CUT_VERDICT: PerCpuArray<u32> = PerCpuArray::pinned(1, 0);
+const CUT_NONE: u32 = 0;
+const CUT_DONE: u32 = 1;
+const CUT_FAILED: u32 = 2;
+
 // errno values returned by `bpf_clone_redirect` (negated).
 const ENOMEM: i64 = 12;
 const EINVAL: i64 = 22;
 const ENETDOWN: i64 = 100;
 // Positive returns are the destination qdisc's verdict. A destination that is
 // down or has lost carrier has its qdisc swapped for `noop_qdisc`, which
-// answers NET_XMIT_CN: that, not -ENETDOWN, is how "down" shows up.
+// answers NET_XMIT_CN (not -ENETDOWN); congested qdiscs answer it too.
 const NET_XMIT_DROP: i64 = 1;
 const NET_XMIT_CN: i64 = 2;
 
@@ -71,7 +81,8 @@ fn count(session_id: u32, direction: u32, reason: u32, bytes: u32) {
 fn redirect_outcome(ret: i64) -> u32 {
     match ret {
         0 => reason::MIRRORED,
-        r if r == -ENETDOWN || r == NET_XMIT_CN => reason::DEST_DOWN,
+        r if r == -ENETDOWN => reason::DEST_DOWN,
+        NET_XMIT_CN => reason::DEST_CONGESTED,
         r if r == -EINVAL => reason::DEST_MISSING,
         r if r == -ENOMEM => reason::CLONE_FAILED,
         NET_XMIT_DROP => reason::DEST_QUEUE_DROP,
@@ -107,19 +118,43 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
         let slot = unsafe { (*entry).slots[i] };
         count(slot.session_id, direction, reason::MATCHED, len);
 
+        let cuts = slot.snaplen != 0 && len > slot.snaplen;
+        if cuts {
+            set_cut_verdict(CUT_NONE);
+        }
         // Tag the original so that the clone carries the tag, then restore.
         ctx.set_mark(copy_mark::encode(slot.session_id, direction));
         // SAFETY: helper call with the program's own context.
         let ret = unsafe { bpf_clone_redirect(skb, slot.dest_ifindex, 0) };
         let outcome = redirect_outcome(ret);
-        if outcome == reason::MIRRORED && slot.snaplen != 0 && len > slot.snaplen {
-            count(slot.session_id, direction, reason::TRUNCATED, len - slot.snaplen);
-            count(slot.session_id, direction, outcome, slot.snaplen);
-        } else {
+        if !cuts {
             count(slot.session_id, direction, outcome, len);
+            continue;
+        }
+        match cut_verdict() {
+            CUT_DONE if outcome == reason::MIRRORED => {
+                count(slot.session_id, direction, reason::TRUNCATED, len - slot.snaplen);
+                count(slot.session_id, direction, reason::MIRRORED, slot.snaplen);
+            }
+            // The destination hook dropped it (the call reports NET_XMIT_DROP).
+            CUT_FAILED => count(slot.session_id, direction, reason::SNAP_FAILED, len),
+            _ => count(slot.session_id, direction, outcome, len),
         }
     }
     ctx.set_mark(mark);
+}
+
+#[inline(always)]
+fn set_cut_verdict(verdict: u32) {
+    if let Some(v) = CUT_VERDICT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot of this CPU; pointer from a successful lookup.
+        unsafe { *v = verdict };
+    }
+}
+
+#[inline(always)]
+fn cut_verdict() -> u32 {
+    CUT_VERDICT.get(0).copied().unwrap_or(CUT_NONE)
 }
 
 #[inline(always)]
@@ -131,7 +166,6 @@ fn prepare_copy(ctx: &TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     }
     let session_id = mark & copy_mark::SESSION_MASK;
-    let direction = u32::from(mark & copy_mark::EGRESS_BIT != 0);
     let Some(session) = SESSIONS.get(session_id) else {
         return TC_ACT_UNSPEC;
     };
@@ -139,12 +173,12 @@ fn prepare_copy(ctx: &TcContext) -> i32 {
     if snaplen != 0 && len > snaplen {
         // SAFETY: helper call with the program's own context; the skb is our
         // clone, so cutting it never touches the original's data.
-        let ret = unsafe { bpf_skb_change_tail(skb, snaplen, 0) };
-        if ret != 0 {
+        if unsafe { bpf_skb_change_tail(skb, snaplen, 0) } != 0 {
             // Never send more than the operator allowed: drop this copy only.
-            count(session_id, direction, reason::SNAP_FAILED, len);
+            set_cut_verdict(CUT_FAILED);
             return TC_ACT_SHOT;
         }
+        set_cut_verdict(CUT_DONE);
     }
     TC_ACT_UNSPEC
 }

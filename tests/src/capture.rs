@@ -91,6 +91,11 @@ impl Capture {
         Self { stop, seen, handle: Some(handle) }
     }
 
+    /// Frames received so far.
+    pub fn seen(&self) -> usize {
+        self.seen.load(Ordering::Relaxed)
+    }
+
     /// Waits until the wire is quiet: no new frame for 50 ms (at most 5 s).
     /// Copies are in flight for microseconds; this only absorbs scheduling.
     pub fn settle(&self) {

@@ -91,6 +91,14 @@ impl Netns {
         (s["rx"]["packets"].as_u64().expect("rx"), s["tx"]["packets"].as_u64().expect("tx"))
     }
 
+    /// Frames `dev` transmitted or dropped on transmit.
+    pub fn link_tx_attempts(&self, dev: &str) -> u64 {
+        let out = self.ip(&["-s", "-j", "link", "show", dev]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j output");
+        let tx = &v[0]["stats64"]["tx"];
+        tx["packets"].as_u64().expect("tx") + tx["dropped"].as_u64().expect("tx dropped")
+    }
+
     /// Cookie of the namespace (names the agent's bpffs directory).
     pub fn cookie(&self) -> u64 {
         self.run(|| {
@@ -138,15 +146,16 @@ impl Topology {
         let client = Netns::new("client");
         let server = Netns::new("server");
         host.ip(&["link", "add", "br0", "type", "bridge"]);
-        host.ip(&["link", "set", "br0", "up"]);
+        // No IGMP reports from the bridge or the hosts: quiet wires, exact counts.
+        host.ip(&["link", "set", "br0", "multicast", "off", "up"]);
         for (port, ns, addr, mac) in
             [("vc", &client, CLIENT_IP, CLIENT_MAC), ("vs", &server, SERVER_IP, SERVER_MAC)]
         {
             host.ip(&["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
-            host.ip(&["link", "set", port, "master", "br0", "up"]);
+            host.ip(&["link", "set", port, "master", "br0", "multicast", "off", "up"]);
             ns.ip(&["link", "set", "eth0", "address", mac]);
             ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
-            ns.ip(&["link", "set", "eth0", "up"]);
+            ns.ip(&["link", "set", "eth0", "multicast", "off", "up"]);
         }
         // Static neighbours: no ARP on the wire, so counts are exact.
         client.ip(&["neigh", "add", SERVER_IP, "lladdr", SERVER_MAC, "dev", "eth0", "nud", "permanent"]);
@@ -156,8 +165,8 @@ impl Topology {
                 let ns = Netns::new(&format!("col{i}"));
                 let port = format!("vk{i}");
                 host.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
-                host.ip(&["link", "set", &port, "up"]);
-                ns.ip(&["link", "set", "eth0", "up"]);
+                host.ip(&["link", "set", &port, "multicast", "off", "up"]);
+                ns.ip(&["link", "set", "eth0", "multicast", "off", "up"]);
                 ns
             })
             .collect();

@@ -148,6 +148,42 @@ fn netlink_fallback_mirrors_and_cleans_up_only_what_it_created() {
 }
 
 #[test]
+fn netlink_clsact_outlives_the_hook_that_created_it_while_others_use_it() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    let h = &topo.host;
+    let nl = |args: &[&str]| {
+        let mut full = vec!["--attach-mode", "netlink"];
+        full.extend_from_slice(args);
+        agent.ok(&full)
+    };
+    // A's ingress hook creates vc's clsact; B's egress hook joins it.
+    nl(&["attach", "--name", "a", "--source", "vc", "--dest", "vk0", "--direction", "ingress"]);
+    nl(&[
+        "attach",
+        "--name",
+        "b",
+        "--source",
+        "vc",
+        "--dest",
+        "vk0",
+        "--direction",
+        "egress",
+        "--snaplen",
+        "96",
+    ]);
+    nl(&["detach", "a"]);
+    assert!(qdiscs(h, "vc").contains("clsact"), "clsact removed while b still uses it");
+    let cap = Capture::start(&topo.collectors[0], "eth0");
+    ping(&topo.client, SERVER_IP, 5);
+    let frames = cap.stop();
+    assert_eq!(frames.iter().filter(|f| f.is_echo_reply()).count(), 5, "b stopped mirroring");
+    nl(&["detach", "b"]);
+    assert_no_trace(&topo);
+    assert!(!filters(h, "vk0", "egress").contains("mirror_"), "destination filter left behind");
+}
+
+#[test]
 fn foreign_tcx_program_keeps_running_before_during_and_after() {
     let topo = Topology::new(1);
     let agent = topo.agent();

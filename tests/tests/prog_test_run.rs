@@ -4,7 +4,7 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, PerCpuArray},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+    programs::{SchedClassifier, TcAttachType, TestRun as _, TestRunOptions},
 };
 use mirror_common::{
     Counter, SessionConfig, SessionSlot, SourceEntry, SourceKey, copy_mark, counter_index, direction, reason,
@@ -97,6 +97,14 @@ fn counter(ebpf: &Ebpf, session: u32, dir: u32, r: u32) -> Counter {
         .fold(Counter::default(), |a, c| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes })
 }
 
+fn set_session_snaplen(ebpf: &mut Ebpf, snaplen: u32) {
+    let mut sessions: Array<_, SessionConfig> = Array::try_from(ebpf.map_mut("SESSIONS").unwrap()).unwrap();
+    let mut cfg = SessionConfig::EMPTY;
+    cfg.name[0] = b's';
+    cfg.snaplen = snaplen;
+    sessions.set(1, cfg, 0).unwrap();
+}
+
 fn set_source(ebpf: &mut Ebpf, src: u32, dest: u32, snaplen: u32) {
     let mut sources: HashMap<_, SourceKey, SourceEntry> =
         HashMap::try_from(ebpf.map_mut("SOURCES").unwrap()).unwrap();
@@ -126,16 +134,34 @@ fn source_program_outcomes_are_counted_and_always_fail_open() {
         assert_eq!(counter(&ebpf, 1, ing, reason::MATCHED), Counter { packets: 1, bytes: 100 });
         assert_eq!(counter(&ebpf, 1, ing, reason::MIRRORED), Counter { packets: 1, bytes: 100 });
 
-        // Snap length: counted as cut at the source.
+        // Snap length: the destination hook on d1 cuts the copy, and the
+        // source counts it as cut, once, with the bytes removed.
+        {
+            let dst: &mut SchedClassifier =
+                ebpf.program_mut("mirror_dst_egress").unwrap().try_into().unwrap();
+            dst.attach("d1", TcAttachType::Egress).expect("attach mirror_dst_egress to d1");
+        }
+        set_session_snaplen(&mut ebpf, 64);
         set_source(&mut ebpf, fx.src, fx.dst, 64);
         run(&ebpf, "mirror_src_ingress", &pkt, fx.src, 0);
         assert_eq!(counter(&ebpf, 1, ing, reason::TRUNCATED), Counter { packets: 1, bytes: 36 });
         assert_eq!(counter(&ebpf, 1, ing, reason::MIRRORED), Counter { packets: 2, bytes: 164 });
 
-        // Destination down.
+        // A cut the kernel refuses (shorter than the headers): the copy is
+        // dropped and counted as snap_failed only, not as a queue drop.
+        set_session_snaplen(&mut ebpf, 8);
+        set_source(&mut ebpf, fx.src, fx.dst, 8);
+        assert_eq!(run(&ebpf, "mirror_src_ingress", &pkt, fx.src, 0).0, NEXT);
+        assert_eq!(counter(&ebpf, 1, ing, reason::SNAP_FAILED).packets, 1);
+        assert_eq!(counter(&ebpf, 1, ing, reason::DEST_QUEUE_DROP).packets, 0);
+        assert_eq!(counter(&ebpf, 1, ing, reason::MIRRORED).packets, 2);
+        set_session_snaplen(&mut ebpf, 0);
+        set_source(&mut ebpf, fx.src, fx.dst, 0);
+
+        // Destination down: its noop_qdisc answers NET_XMIT_CN.
         fx.ns.ip(&["link", "set", "d1", "down"]);
         assert_eq!(run(&ebpf, "mirror_src_ingress", &pkt, fx.src, 0).0, NEXT);
-        assert_eq!(counter(&ebpf, 1, ing, reason::DEST_DOWN).packets, 1);
+        assert_eq!(counter(&ebpf, 1, ing, reason::DEST_CONGESTED).packets, 1);
         fx.ns.ip(&["link", "set", "d1", "up"]);
 
         // Destination gone.
@@ -148,7 +174,7 @@ fn source_program_outcomes_are_counted_and_always_fail_open() {
         let (verdict, mark, _) = run(&ebpf, "mirror_src_ingress", &pkt, fx.src, tagged);
         assert_eq!((verdict, mark), (NEXT, tagged));
         assert_eq!(counter(&ebpf, 0, ing, reason::COPY_NOT_REMIRRORED).packets, 1);
-        assert_eq!(counter(&ebpf, 1, ing, reason::MATCHED).packets, 4, "tagged packet matched");
+        assert_eq!(counter(&ebpf, 1, ing, reason::MATCHED).packets, 5, "tagged packet matched");
     });
 }
 

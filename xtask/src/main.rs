@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: everything a fresh host needs, in the project's own
 //! files. `setup` installs what is missing; every other task runs it first.
+mod bench;
 mod demo;
 mod setup;
 
@@ -37,6 +38,8 @@ enum Task {
     },
     /// Mirror client↔server traffic to a collector in throwaway namespaces.
     Demo,
+    /// What a mirrored packet costs: base, tc mirred and the agent, side by side.
+    Bench(bench::Options),
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -72,7 +75,8 @@ fn require_root(task: &str) -> Result<()> {
     Ok(())
 }
 
-/// Builds the eBPF object into `target/ebpf/` with the agent's own routine.
+/// Builds the eBPF objects into `target/ebpf/` with the agent's own routine;
+/// returns the agent's object (the benchmark's sits beside it).
 fn build_ebpf() -> Result<PathBuf> {
     let root = workspace_root();
     let out = root.join("target").join("ebpf");
@@ -158,6 +162,15 @@ fn main() -> Result<()> {
                 privileged.arg(f);
             }
             run(&mut privileged)
+        }
+        Task::Bench(opts) => {
+            require_root("bench")?;
+            setup::all()?;
+            setup::bench_packages()?;
+            let object = build_ebpf()?;
+            run(cargo().args(["build", "--release", "-p", "mirror-agent"]))?;
+            let agent = workspace_root().join("target/release/mirror-agent");
+            bench::run(&opts, &agent, &object.with_file_name("bench"))
         }
         Task::Demo => {
             require_root("demo")?;

@@ -19,8 +19,17 @@ fn have(bin: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().is_ok_and(|o| o.status.success())
 }
 
+/// What only the benchmark needs.
+pub fn bench_packages() -> Result<()> {
+    install_missing(&[("iperf3", "iperf3"), ("perf", "linux-perf")])
+}
+
 fn packages() -> Result<()> {
-    let mut missing: Vec<&str> = PACKAGES.iter().filter(|(bin, _)| !have(bin)).map(|(_, pkg)| *pkg).collect();
+    install_missing(PACKAGES)
+}
+
+fn install_missing(packages: &[(&str, &str)]) -> Result<()> {
+    let mut missing: Vec<&str> = packages.iter().filter(|(bin, _)| !have(bin)).map(|(_, pkg)| *pkg).collect();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());

@@ -1,0 +1,214 @@
+//! The benchmark's namespaces and the BPF that observes them.
+//!
+//! ```text
+//!  mbench-gen           mbench-host (routes, ip_forward)          mbench-sink
+//!  eth0 198.18.0.1 ── src0 198.18.0.254   dst0 198.18.2.254 ── eth0 198.18.2.2
+//!  (AF_PACKET gen)    │ the mirrored source                       bench_sink: count+drop
+//!                     mon0 (mirror destination) ── eth0  mbench-col   bench_sink: count+drop
+//! ```
+//! Static neighbours, IPv6 off, fixed MACs: the only frames are the generator's.
+use std::{
+    os::fd::AsRawFd as _,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf,
+    maps::PerCpuArray,
+    programs::{RawTracePoint, SchedClassifier, TcAttachType},
+};
+
+pub const GEN: &str = "mbench-gen";
+pub const HOST: &str = "mbench-host";
+pub const SINK: &str = "mbench-sink";
+pub const COL: &str = "mbench-col";
+
+pub const GEN_IP: [u8; 4] = [198, 18, 0, 1];
+pub const SINK_IP: [u8; 4] = [198, 18, 2, 2];
+pub const GEN_MAC: [u8; 6] = [0x02, 0, 0xc6, 0x12, 0, 0x01];
+pub const SRC0_MAC: [u8; 6] = [0x02, 0, 0xc6, 0x12, 0, 0xfe];
+const DST0_MAC: &str = "02:00:c6:12:02:fe";
+const SINK_MAC: &str = "02:00:c6:12:02:02";
+
+/// Runs `cmd`, failing with its stderr.
+pub fn sh(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn ip(ns: &str, args: &[&str]) -> Result<String> {
+    sh(Command::new("ip").args(["-n", ns]).args(args))
+}
+
+pub fn ns_exec(ns: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(args);
+    cmd
+}
+
+/// Moves the calling thread into namespace `ns`.
+pub fn enter(ns: &str) -> Result<()> {
+    let f = std::fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
+    // SAFETY: setns on an fd we own; affects only this thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns {ns}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs `f` on a thread inside `ns`.
+pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(ns)?;
+            f()
+        })
+        .join()
+        .expect("thread in netns panicked")
+    })
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// The lab; torn down on drop.
+pub struct Lab {
+    object: Vec<u8>,
+    sink: Option<Ebpf>,
+    col: Ebpf,
+    softirq: Ebpf,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab").finish_non_exhaustive()
+    }
+}
+
+fn delete_namespaces() {
+    for ns in [GEN, HOST, SINK, COL] {
+        let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+    }
+}
+
+fn load_sink(object: &[u8], ns: &str) -> Result<Ebpf> {
+    in_ns(ns, || {
+        let mut ebpf = Ebpf::load(object).context("loading the bench object")?;
+        let prog: &mut SchedClassifier = ebpf.program_mut("bench_sink").context("bench_sink")?.try_into()?;
+        prog.load()?;
+        prog.attach("eth0", TcAttachType::Ingress)?;
+        Ok(ebpf)
+    })
+}
+
+impl Lab {
+    pub fn create(object: Vec<u8>) -> Result<Self> {
+        delete_namespaces();
+        for ns in [GEN, HOST, SINK, COL] {
+            sh(Command::new("ip").args(["netns", "add", ns]))?;
+            sh(&mut ns_exec(ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]))?;
+            sh(&mut ns_exec(ns, &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]))?;
+            ip(ns, &["link", "set", "lo", "up"])?;
+        }
+        ip(HOST, &["link", "add", "src0", "type", "veth", "peer", "name", "eth0", "netns", GEN])?;
+        ip(HOST, &["link", "add", "dst0", "type", "veth", "peer", "name", "eth0", "netns", SINK])?;
+        ip(HOST, &["link", "add", "mon0", "type", "veth", "peer", "name", "eth0", "netns", COL])?;
+        ip(GEN, &["link", "set", "eth0", "address", &mac(GEN_MAC)])?;
+        ip(HOST, &["link", "set", "src0", "address", &mac(SRC0_MAC)])?;
+        ip(HOST, &["link", "set", "dst0", "address", DST0_MAC])?;
+        ip(SINK, &["link", "set", "eth0", "address", SINK_MAC])?;
+        ip(GEN, &["addr", "add", "198.18.0.1/24", "dev", "eth0"])?;
+        ip(HOST, &["addr", "add", "198.18.0.254/24", "dev", "src0"])?;
+        ip(HOST, &["addr", "add", "198.18.2.254/24", "dev", "dst0"])?;
+        ip(SINK, &["addr", "add", "198.18.2.2/24", "dev", "eth0"])?;
+        for (ns, dev) in
+            [(GEN, "eth0"), (SINK, "eth0"), (COL, "eth0"), (HOST, "src0"), (HOST, "dst0"), (HOST, "mon0")]
+        {
+            ip(ns, &["link", "set", dev, "up"])?;
+        }
+        sh(&mut ns_exec(HOST, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
+        sh(&mut ns_exec(HOST, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]))?;
+        ip(HOST, &["neigh", "add", "198.18.2.2", "lladdr", SINK_MAC, "dev", "dst0", "nud", "permanent"])?;
+        ip(
+            HOST,
+            &["neigh", "add", "198.18.0.1", "lladdr", &mac(GEN_MAC), "dev", "src0", "nud", "permanent"],
+        )?;
+        ip(
+            GEN,
+            &["neigh", "add", "198.18.0.254", "lladdr", &mac(SRC0_MAC), "dev", "eth0", "nud", "permanent"],
+        )?;
+        ip(SINK, &["neigh", "add", "198.18.2.254", "lladdr", DST0_MAC, "dev", "eth0", "nud", "permanent"])?;
+        ip(GEN, &["route", "add", "198.18.2.0/24", "via", "198.18.0.254"])?;
+        ip(SINK, &["route", "add", "198.18.0.0/24", "via", "198.18.2.254"])?;
+
+        let sink = Some(load_sink(&object, SINK)?);
+        let col = load_sink(&object, COL)?;
+        let mut softirq = Ebpf::load(&object)?;
+        for (prog, tp) in [("bench_softirq_entry", "softirq_entry"), ("bench_softirq_exit", "softirq_exit")] {
+            let p: &mut RawTracePoint = softirq.program_mut(prog).context(prog)?.try_into()?;
+            p.load()?;
+            p.attach(tp)?;
+        }
+        Ok(Self { object, sink, col, softirq })
+    }
+
+    /// The sink drops in every mode but TCP, where it must answer.
+    pub fn set_sink_drop(&mut self, dropping: bool) -> Result<()> {
+        match (dropping, self.sink.is_some()) {
+            (true, false) => self.sink = Some(load_sink(&self.object, SINK)?),
+            (false, true) => {
+                // Detaching must happen where the interface lives.
+                let sink = self.sink.take();
+                in_ns(SINK, move || {
+                    drop(sink);
+                    Ok(())
+                })?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn sum(ebpf: &Ebpf, map: &'static str) -> Result<u64> {
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map(map).context(map)?)?;
+        Ok(m.get(&0, 0)?.iter().sum())
+    }
+
+    /// Packets the sink has dropped (forwarded by the host).
+    pub fn sink_packets(&self) -> Result<u64> {
+        Self::sum(self.sink.as_ref().context("sink program detached")?, "SINK_PACKETS")
+    }
+
+    /// Copies the collector has received.
+    pub fn copies(&self) -> Result<u64> {
+        Self::sum(&self.col, "SINK_PACKETS")
+    }
+
+    /// Nanoseconds `cpu` has spent in NET_RX softirq.
+    pub fn net_rx_ns(&self, cpu: usize) -> Result<u64> {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.softirq.map("NET_RX_NS").context("NET_RX_NS")?)?;
+        Ok(m.get(&0, 0)?.get(cpu).copied().unwrap_or(0))
+    }
+
+    /// Steers src0's receive processing (RPS) to the CPUs in `mask` (0 = off).
+    pub fn set_rps(&self, mask: u32) -> Result<()> {
+        // /sys must be the host namespace's own: `ip netns exec` remounts it.
+        sh(&mut ns_exec(
+            HOST,
+            &["sh", "-c", &format!("echo {mask:x} > /sys/class/net/src0/queues/rx-0/rps_cpus")],
+        ))
+        .map(drop)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        delete_namespaces();
+    }
+}

@@ -1,0 +1,345 @@
+//! `cargo xtask bench`: what a mirrored packet costs, for the agent and for
+//! the kernel's own `tc mirred`, against a no-mirror baseline, in one run on
+//! one topology, with paired, interleaved and rotated trials.
+mod generator;
+mod lab;
+mod variants;
+
+use std::{collections::BTreeMap, path::Path, thread::sleep, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+
+use self::{
+    generator::Load,
+    lab::{GEN, Lab, SINK, ns_exec, sh},
+    variants::{VARIANTS, Variant},
+};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Repeats of every trial (variant order rotates each repeat).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Seconds measured per trial.
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
+    /// Modes to run: max (single-core forwarding rate), fixed (offered load,
+    /// NET_RX ns/pkt on the RPS CPU), tcp (iperf3).
+    #[arg(long, value_delimiter = ',', default_value = "max,fixed,tcp")]
+    pub modes: Vec<Mode>,
+    /// Frame sizes (bytes, L2 without FCS) for max and fixed modes.
+    #[arg(long, value_delimiter = ',', default_value = "64,1500")]
+    pub sizes: Vec<usize>,
+    /// Offered load of the fixed mode, packets per second.
+    #[arg(long, default_value_t = 200_000)]
+    pub pps: u64,
+    /// Variants to run (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub variants: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Mode {
+    Max,
+    Fixed,
+    Tcp,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Max => "max",
+            Self::Fixed => "fixed",
+            Self::Tcp => "tcp",
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Self::Max => "Mpps",
+            Self::Fixed => "ns/pkt",
+            Self::Tcp => "Gbit/s",
+        }
+    }
+}
+
+/// Generator on CPU 0; with RPS the path runs on CPU 1.
+const GEN_CPU: usize = 0;
+const PATH_CPU: usize = 1;
+const WARMUP: Duration = Duration::from_millis(300);
+
+/// One measurement.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    value: f64,
+    /// Copies the collector received per packet that reached the sink.
+    copies_per_packet: f64,
+}
+
+fn measure_max(lab: &Lab, size: usize, secs: f64) -> Result<Sample> {
+    lab.set_rps(0)?;
+    let load = Load {
+        frame_len: size,
+        pps: None,
+        duration: WARMUP * 2 + Duration::from_secs_f64(secs),
+        cpu: GEN_CPU,
+    };
+    std::thread::scope(|s| {
+        let gen_thread = s.spawn(move || generator::run(load));
+        sleep(WARMUP);
+        let (p0, c0, t0) = (lab.sink_packets()?, lab.copies()?, std::time::Instant::now());
+        sleep(Duration::from_secs_f64(secs));
+        let (p1, c1, dt) = (lab.sink_packets()?, lab.copies()?, t0.elapsed());
+        gen_thread.join().expect("generator")?;
+        let packets = (p1 - p0) as f64;
+        Ok(Sample {
+            value: packets / dt.as_secs_f64() / 1e6,
+            copies_per_packet: (c1 - c0) as f64 / packets.max(1.0),
+        })
+    })
+}
+
+fn measure_fixed(lab: &Lab, size: usize, secs: f64, pps: u64) -> Result<Sample> {
+    lab.set_rps(1 << PATH_CPU)?;
+    let load = Load {
+        frame_len: size,
+        pps: Some(pps),
+        duration: WARMUP * 2 + Duration::from_secs_f64(secs),
+        cpu: GEN_CPU,
+    };
+    std::thread::scope(|s| {
+        let gen_thread = s.spawn(move || generator::run(load));
+        sleep(WARMUP);
+        let (p0, c0, n0) = (lab.sink_packets()?, lab.copies()?, lab.net_rx_ns(PATH_CPU)?);
+        sleep(Duration::from_secs_f64(secs));
+        let (p1, c1, n1) = (lab.sink_packets()?, lab.copies()?, lab.net_rx_ns(PATH_CPU)?);
+        gen_thread.join().expect("generator")?;
+        let packets = (p1 - p0) as f64;
+        if packets < pps as f64 * secs * 0.5 {
+            bail!("fixed load: only {packets} of {} packets reached the sink", pps as f64 * secs);
+        }
+        Ok(Sample { value: (n1 - n0) as f64 / packets, copies_per_packet: (c1 - c0) as f64 / packets })
+    })
+}
+
+fn measure_tcp(lab: &Lab, secs: f64) -> Result<Sample> {
+    lab.set_rps(0)?;
+    let c0 = lab.copies()?;
+    let mut server = ns_exec(SINK, &["iperf3", "-s", "-1", "-B", "198.18.2.2"])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    sleep(Duration::from_millis(200));
+    let out = sh(&mut ns_exec(GEN, &["iperf3", "-c", "198.18.2.2", "-t", &format!("{secs}"), "-J"]));
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_str(&out?)?;
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 JSON")?;
+    let copies = (lab.copies()? - c0) as f64;
+    Ok(Sample { value: bps / 1e9, copies_per_packet: copies })
+}
+
+fn stats(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let median = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
+    (v[0], median, v[v.len() - 1])
+}
+
+type Key = (Mode, usize);
+
+pub fn run(opts: &Options, agent: &Path, bench_object: &Path) -> Result<()> {
+    if opts.repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
+    let variants: Vec<Variant> = if opts.variants.is_empty() {
+        VARIANTS.to_vec()
+    } else {
+        opts.variants
+            .iter()
+            .map(|n| {
+                VARIANTS
+                    .iter()
+                    .find(|v| v.name == n)
+                    .copied()
+                    .with_context(|| format!("unknown variant {n:?}"))
+            })
+            .collect::<Result<_>>()?
+    };
+    if !variants.iter().any(|v| v.name == "base") {
+        bail!("the base variant is needed: every figure is relative to it");
+    }
+    let mut lab = Lab::create(std::fs::read(bench_object)?)?;
+    let mut keys: Vec<Key> = Vec::new();
+    for &mode in &opts.modes {
+        if mode == Mode::Tcp {
+            keys.push((mode, 0));
+        } else {
+            keys.extend(opts.sizes.iter().map(|&s| (mode, s)));
+        }
+    }
+    // results[key][variant] = one sample per repeat
+    let mut results: BTreeMap<Key, BTreeMap<&str, Vec<Sample>>> = BTreeMap::new();
+    for repeat in 0..opts.repeats {
+        for &key in &keys {
+            lab.set_sink_drop(key.0 != Mode::Tcp)?;
+            let n = variants.len();
+            for i in 0..n {
+                let v = variants[(i + repeat) % n];
+                v.attach(agent).with_context(|| format!("attaching {}", v.name))?;
+                let sample = match key.0 {
+                    Mode::Max => measure_max(&lab, key.1, opts.seconds),
+                    Mode::Fixed => measure_fixed(&lab, key.1, opts.seconds, opts.pps),
+                    Mode::Tcp => measure_tcp(&lab, opts.seconds),
+                };
+                v.detach(agent).with_context(|| format!("detaching {}", v.name))?;
+                let sample = sample.with_context(|| format!("{} {} {}B", v.name, key.0.name(), key.1))?;
+                // A trial only counts if the variant did what it claims.
+                if key.0 != Mode::Tcp {
+                    if v.mirrors() && sample.copies_per_packet < 0.9 {
+                        eprintln!(
+                            "warning: {} delivered {:.2} copies per packet",
+                            v.name, sample.copies_per_packet
+                        );
+                    }
+                    if !v.mirrors() && sample.copies_per_packet > 0.0 {
+                        bail!("{} is not supposed to mirror but the collector got copies", v.name);
+                    }
+                }
+                eprintln!(
+                    "repeat {}/{} {:<5} {:>4}B {:<14} {:>9.3} {}",
+                    repeat + 1,
+                    opts.repeats,
+                    key.0.name(),
+                    key.1,
+                    v.name,
+                    sample.value,
+                    key.0.unit()
+                );
+                results.entry(key).or_default().entry(v.name).or_default().push(sample);
+            }
+        }
+    }
+    report(opts, &results)
+}
+
+fn report(opts: &Options, results: &BTreeMap<Key, BTreeMap<&str, Vec<Sample>>>) -> Result<()> {
+    let mut json_rows = Vec::new();
+    println!(
+        "\n{:<6} {:>5} {:<14} {:>10} {:>10} {:>10}  {:<26} {:>8}",
+        "mode", "size", "variant", "median", "min", "max", "paired vs base (med [min,max])", "copies/p"
+    );
+    for (&(mode, size), by_variant) in results {
+        let base = &by_variant["base"];
+        for (name, samples) in by_variant {
+            let values: Vec<f64> = samples.iter().map(|s| s.value).collect();
+            let (min, med, max) = stats(&values);
+            // Within each repeat: ratio (rates) or difference (ns/pkt) to base.
+            let paired: Vec<f64> = samples
+                .iter()
+                .zip(base)
+                .map(|(s, b)| if mode == Mode::Fixed { s.value - b.value } else { s.value / b.value })
+                .collect();
+            let (pmin, pmed, pmax) = stats(&paired);
+            let paired_text = if mode == Mode::Fixed {
+                format!("{pmed:+.0} ns [{pmin:+.0},{pmax:+.0}]")
+            } else {
+                format!("{pmed:.3}x [{pmin:.3},{pmax:.3}]")
+            };
+            let copies = stats(&samples.iter().map(|s| s.copies_per_packet).collect::<Vec<_>>()).1;
+            let size_text = if mode == Mode::Tcp { "-".to_owned() } else { size.to_string() };
+            println!(
+                "{:<6} {:>5} {:<14} {:>10.3} {:>10.3} {:>10.3}  {:<26} {:>8.2}",
+                mode.name(),
+                size_text,
+                name,
+                med,
+                min,
+                max,
+                paired_text,
+                copies
+            );
+            json_rows.push(json!({
+                "mode": mode.name(), "size": size, "variant": name, "unit": mode.unit(),
+                "values": values, "min": min, "median": med, "max": max,
+                "paired_vs_base": paired, "paired_median": pmed,
+                "copies_per_packet_median": copies,
+            }));
+        }
+    }
+    let targets = targets(results);
+    println!("\ntargets (medians of per-repeat ratios):");
+    for t in &targets {
+        println!("  {t}");
+    }
+    let doc = json!({
+        "options": { "repeats": opts.repeats, "seconds": opts.seconds, "pps": opts.pps, "sizes": opts.sizes },
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "rows": json_rows,
+        "targets": targets,
+    });
+    let dir = crate::workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+    println!("\nJSON: {}", path.display());
+    Ok(())
+}
+
+/// The targets, each as the median over repeats of a within-repeat ratio.
+fn targets(results: &BTreeMap<Key, BTreeMap<&str, Vec<Sample>>>) -> Vec<String> {
+    // f(variant, base, tc) per repeat; None if a variant did not run.
+    let paired = |key: &Key, variant: &str, f: &dyn Fn(f64, f64, f64) -> f64| -> Option<(f64, f64, f64)> {
+        let by = results.get(key)?;
+        let (v, base, tc) = (by.get(variant)?, by.get("base")?, by.get("tc")?);
+        let r: Vec<f64> = (0..v.len()).map(|i| f(v[i].value, base[i].value, tc[i].value)).collect();
+        Some(stats(&r))
+    };
+    let snap_vs_full = |key: &Key| -> Option<(f64, f64, f64)> {
+        let by = results.get(key)?;
+        let r: Vec<f64> =
+            by.get("agent-snap128")?.iter().zip(by.get("agent")?).map(|(s, a)| s.value / a.value).collect();
+        Some(stats(&r))
+    };
+    let mut out = Vec::new();
+    for key in results.keys() {
+        let (mode, size) = *key;
+        let mut push =
+            |what: String, r: Option<(f64, f64, f64)>, fmt: &dyn Fn(f64) -> String, target: &str| {
+                if let Some((lo, med, hi)) = r {
+                    out.push(format!(
+                        "{} {size}B: {what} = {} [{},{}] (target {target})",
+                        mode.name(),
+                        fmt(med),
+                        fmt(lo),
+                        fmt(hi)
+                    ));
+                }
+            };
+        let ratio = |x: f64| format!("{x:.3}");
+        let ns = |x: f64| format!("{x:+.1} ns");
+        match mode {
+            Mode::Fixed => {
+                push(
+                    "agent added ns / tc added ns".into(),
+                    paired(key, "agent", &|a, b, t| (a - b) / (t - b)),
+                    &ratio,
+                    "<= 0.90",
+                );
+                push(
+                    "agent-idle over base".into(),
+                    paired(key, "agent-idle", &|a, b, _| a - b),
+                    &ns,
+                    "<= +10 ns",
+                );
+                if size >= 1500 {
+                    push("agent-snap128 / agent ns".into(), snap_vs_full(key), &ratio, "<= 1.00");
+                }
+            }
+            Mode::Max => {
+                push("agent rate / tc rate".into(), paired(key, "agent", &|a, _, t| a / t), &ratio, ">= 1.05")
+            }
+            Mode::Tcp => {}
+        }
+    }
+    out
+}

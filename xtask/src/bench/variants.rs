@@ -1,0 +1,90 @@
+//! What is attached to the source in each trial. Declarative: a new
+//! destination kind (e.g. encapsulated copies to a remote collector) is one
+//! more row in [`VARIANTS`] and, if needed, one more [`Kind`].
+use std::{path::Path, process::Command};
+
+use anyhow::Result;
+
+use super::lab::{HOST, ns_exec, sh};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// Nothing attached.
+    Base,
+    /// The kernel's own: clsact on the source, `u32 … action mirred egress
+    /// mirror` on ingress and egress. `matching: false` uses a key no packet has.
+    TcMirred { matching: bool },
+    /// `mirror-agent attach` on the source.
+    Agent { direction: &'static str, snaplen: u32 },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Variant {
+    pub name: &'static str,
+    pub kind: Kind,
+}
+
+pub const VARIANTS: &[Variant] = &[
+    Variant { name: "base", kind: Kind::Base },
+    Variant { name: "tc", kind: Kind::TcMirred { matching: true } },
+    Variant { name: "tc-nomatch", kind: Kind::TcMirred { matching: false } },
+    Variant { name: "agent", kind: Kind::Agent { direction: "both", snaplen: 0 } },
+    // Our program is on the source, but the traffic never crosses the
+    // direction it taps (the source only receives).
+    Variant { name: "agent-idle", kind: Kind::Agent { direction: "egress", snaplen: 0 } },
+    Variant { name: "agent-snap128", kind: Kind::Agent { direction: "both", snaplen: 128 } },
+];
+
+/// The destination every variant mirrors to.
+const DEST: &str = "mon0";
+const SOURCE: &str = "src0";
+
+fn tc(args: &[&str]) -> Result<()> {
+    let mut full = vec!["tc"];
+    full.extend_from_slice(args);
+    sh(&mut ns_exec(HOST, &full)).map(drop)
+}
+
+impl Variant {
+    pub fn attach(&self, agent: &Path) -> Result<()> {
+        match self.kind {
+            Kind::Base => Ok(()),
+            Kind::TcMirred { matching } => {
+                tc(&["qdisc", "add", "dev", SOURCE, "clsact"])?;
+                let key: &[&str] = if matching {
+                    &["u32", "0", "0"]
+                } else {
+                    &["u32", "0x12345678", "0xffffffff", "at", "0"]
+                };
+                for hook in ["ingress", "egress"] {
+                    let mut args =
+                        vec!["filter", "add", "dev", SOURCE, hook, "protocol", "all", "u32", "match"];
+                    args.extend_from_slice(key);
+                    args.extend_from_slice(&["action", "mirred", "egress", "mirror", "dev", DEST]);
+                    tc(&args)?;
+                }
+                Ok(())
+            }
+            Kind::Agent { direction, snaplen } => {
+                let snaplen = snaplen.to_string();
+                sh(Command::new(agent)
+                    .args(["-n", HOST, "attach", "--name", "bench", "--source", SOURCE])
+                    .args(["--dest", DEST, "--direction", direction, "--snaplen", &snaplen]))
+                .map(drop)
+            }
+        }
+    }
+
+    pub fn detach(&self, agent: &Path) -> Result<()> {
+        match self.kind {
+            Kind::Base => Ok(()),
+            Kind::TcMirred { .. } => tc(&["qdisc", "del", "dev", SOURCE, "clsact"]),
+            Kind::Agent { .. } => sh(Command::new(agent).args(["-n", HOST, "detach", "--all"])).map(drop),
+        }
+    }
+
+    /// Whether this variant copies every packet (so its copies are counted).
+    pub fn mirrors(&self) -> bool {
+        matches!(self.kind, Kind::TcMirred { matching: true } | Kind::Agent { direction: "both", .. })
+    }
+}
