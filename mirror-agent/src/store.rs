@@ -285,7 +285,7 @@ impl Store {
     }
 
     /// Counters of one session (or [`mirror_common::GLOBAL_SESSION_ID`]) and
-    /// direction, summed over CPUs.
+    /// direction, summed over CPUs, with `matched` derived from the outcomes.
     pub fn counters(&self, id: u32, dir: u32) -> Result<ReasonCounters> {
         let mut out = [Counter::default(); reason::COUNT as usize];
         for (r, slot) in out.iter_mut().enumerate() {
@@ -295,8 +295,21 @@ impl Store {
                 slot.bytes += c.bytes;
             }
         }
+        out[reason::MATCHED as usize] = matched(&out);
         Ok(out)
     }
+}
+
+/// Packets selected by a session: each was counted under exactly one outcome;
+/// its bytes are the outcome's plus what was cut off.
+pub fn matched(counters: &ReasonCounters) -> Counter {
+    let mut m = counters[reason::TRUNCATED as usize];
+    m.packets = 0;
+    for r in reason::OUTCOMES {
+        m.packets += counters[r as usize].packets;
+        m.bytes += counters[r as usize].bytes;
+    }
+    m
 }
 
 /// The directions set in a session's direction mask.
@@ -306,4 +319,28 @@ pub fn directions(mask: u32) -> impl Iterator<Item = u32> {
 
 pub fn direction_name(dir: u32) -> &'static str {
     if dir == direction::INGRESS { "ingress" } else { "egress" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matched_is_every_outcome_once_with_the_cut_bytes() {
+        let mut c = [Counter::default(); reason::COUNT as usize];
+        c[reason::MIRRORED as usize] = Counter { packets: 3, bytes: 3 * 64 };
+        c[reason::TRUNCATED as usize] = Counter { packets: 2, bytes: 2 * 936 };
+        c[reason::DEST_CONGESTED as usize] = Counter { packets: 1, bytes: 100 };
+        c[reason::SNAP_FAILED as usize] = Counter { packets: 1, bytes: 1000 };
+        c[reason::COPY_NOT_REMIRRORED as usize] = Counter { packets: 9, bytes: 9 };
+        assert_eq!(matched(&c), Counter { packets: 5, bytes: 192 + 1872 + 100 + 1000 });
+    }
+
+    #[test]
+    fn session_names_are_checked() {
+        assert!(pack_name("mon-1.a_b").is_ok());
+        for bad in ["", "-x", "a b", "é", &"x".repeat(33)] {
+            assert!(pack_name(bad).is_err(), "{bad:?}");
+        }
+    }
 }

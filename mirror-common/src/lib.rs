@@ -28,10 +28,13 @@ pub mod direction {
 /// 0–5 describe selection and delivery; 6 and 8–13 are copies that did not
 /// reach the destination, each leaving the original untouched (fail-open);
 /// 14–15 are counted on the program-wide pseudo session [`GLOBAL_SESSION_ID`].
-/// Every copy attempt is counted once, at the source hook, under `matched`
-/// and under exactly one outcome: `mirrored` or a failure.
+/// Every copy attempt is counted once, at the source hook, under exactly one
+/// outcome: `mirrored` or a failure (plus `truncated` when cut). `matched` is
+/// not written by the kernel, so that a copy costs one counter update: the
+/// agent derives it as the sum of [`OUTCOMES`] (bytes: plus `truncated`).
 pub mod reason {
-    /// The packet was selected by the session (before any copy attempt).
+    /// The packet was selected by the session. Derived by the agent from the
+    /// outcomes; the kernel leaves this slot at zero.
     pub const MATCHED: u32 = 0;
     /// A copy was handed to the destination's transmit path.
     pub const MIRRORED: u32 = 1;
@@ -67,6 +70,18 @@ pub mod reason {
     pub const COPY_NOT_REMIRRORED: u32 = 15;
     /// Number of reason slots per (session, direction).
     pub const COUNT: u32 = 16;
+
+    /// The outcomes of a copy attempt: each attempt is counted under exactly one.
+    pub const OUTCOMES: [u32; 8] = [
+        MIRRORED,
+        DEST_CONGESTED,
+        DEST_DOWN,
+        DEST_MISSING,
+        CLONE_FAILED,
+        DEST_QUEUE_DROP,
+        SNAP_FAILED,
+        REDIRECT_FAILED,
+    ];
 
     /// Stable names, indexed by reason code; used in CLI output and metrics.
     pub const NAMES: [&str; COUNT as usize] = [

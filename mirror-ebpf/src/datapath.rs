@@ -116,7 +116,6 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
         }
         // SAFETY: as above; `i` is bounded by the array length.
         let slot = unsafe { (*entry).slots[i] };
-        count(slot.session_id, direction, reason::MATCHED, len);
 
         let cuts = slot.snaplen != 0 && len > slot.snaplen;
         if cuts {

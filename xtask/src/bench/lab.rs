@@ -81,7 +81,9 @@ pub struct Lab {
     object: Vec<u8>,
     sink: Option<Ebpf>,
     col: Ebpf,
-    softirq: Ebpf,
+    /// NET_RX accounting: attached only while the fixed mode runs; in the max
+    /// mode the generator shares the CPU and the tracepoints fire per packet.
+    softirq: Option<Ebpf>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -148,13 +150,26 @@ impl Lab {
 
         let sink = Some(load_sink(&object, SINK)?);
         let col = load_sink(&object, COL)?;
-        let mut softirq = Ebpf::load(&object)?;
-        for (prog, tp) in [("bench_softirq_entry", "softirq_entry"), ("bench_softirq_exit", "softirq_exit")] {
-            let p: &mut RawTracePoint = softirq.program_mut(prog).context(prog)?.try_into()?;
-            p.load()?;
-            p.attach(tp)?;
+        Ok(Self { object, sink, col, softirq: None })
+    }
+
+    pub fn set_net_rx_accounting(&mut self, on: bool) -> Result<()> {
+        match (on, self.softirq.is_some()) {
+            (true, false) => {
+                let mut ebpf = Ebpf::load(&self.object)?;
+                for (prog, tp) in
+                    [("bench_softirq_entry", "softirq_entry"), ("bench_softirq_exit", "softirq_exit")]
+                {
+                    let p: &mut RawTracePoint = ebpf.program_mut(prog).context(prog)?.try_into()?;
+                    p.load()?;
+                    p.attach(tp)?;
+                }
+                self.softirq = Some(ebpf);
+            }
+            (false, true) => self.softirq = None,
+            _ => {}
         }
-        Ok(Self { object, sink, col, softirq })
+        Ok(())
     }
 
     /// The sink drops in every mode but TCP, where it must answer.
@@ -191,8 +206,8 @@ impl Lab {
 
     /// Nanoseconds `cpu` has spent in NET_RX softirq.
     pub fn net_rx_ns(&self, cpu: usize) -> Result<u64> {
-        let m: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.softirq.map("NET_RX_NS").context("NET_RX_NS")?)?;
+        let ebpf = self.softirq.as_ref().context("NET_RX accounting is off")?;
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map("NET_RX_NS").context("NET_RX_NS")?)?;
         Ok(m.get(&0, 0)?.get(cpu).copied().unwrap_or(0))
     }
 

@@ -37,6 +37,10 @@ pub struct Options {
     /// Variants to run (default: all).
     #[arg(long, value_delimiter = ',')]
     pub variants: Vec<String>,
+    /// In the first repeat of the max mode, `perf record -e cpu-clock` the
+    /// CPU that runs generator and path, per variant, and print where the time goes.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -77,7 +81,7 @@ struct Sample {
     copies_per_packet: f64,
 }
 
-fn measure_max(lab: &Lab, size: usize, secs: f64) -> Result<Sample> {
+fn measure_max(lab: &Lab, size: usize, secs: f64, perf_out: Option<&Path>) -> Result<Sample> {
     lab.set_rps(0)?;
     let load = Load {
         frame_len: size,
@@ -89,7 +93,15 @@ fn measure_max(lab: &Lab, size: usize, secs: f64) -> Result<Sample> {
         let gen_thread = s.spawn(move || generator::run(load));
         sleep(WARMUP);
         let (p0, c0, t0) = (lab.sink_packets()?, lab.copies()?, std::time::Instant::now());
-        sleep(Duration::from_secs_f64(secs));
+        match perf_out {
+            // The generator's CPU runs the whole path: profile exactly the window.
+            Some(out) => sh(std::process::Command::new("perf")
+                .args(["record", "-q", "-e", "cpu-clock", "-F", "10000", "-C", &GEN_CPU.to_string(), "-o"])
+                .arg(out)
+                .args(["--", "sleep", &secs.to_string()]))
+            .map(drop)?,
+            None => sleep(Duration::from_secs_f64(secs)),
+        }
         let (p1, c1, dt) = (lab.sink_packets()?, lab.copies()?, t0.elapsed());
         gen_thread.join().expect("generator")?;
         let packets = (p1 - p0) as f64;
@@ -182,12 +194,16 @@ pub fn run(opts: &Options, agent: &Path, bench_object: &Path) -> Result<()> {
     for repeat in 0..opts.repeats {
         for &key in &keys {
             lab.set_sink_drop(key.0 != Mode::Tcp)?;
+            lab.set_net_rx_accounting(key.0 == Mode::Fixed)?;
             let n = variants.len();
             for i in 0..n {
                 let v = variants[(i + repeat) % n];
                 v.attach(agent).with_context(|| format!("attaching {}", v.name))?;
                 let sample = match key.0 {
-                    Mode::Max => measure_max(&lab, key.1, opts.seconds),
+                    Mode::Max => {
+                        let perf_out = (opts.profile && repeat == 0).then(|| profile_path(v.name, key.1));
+                        measure_max(&lab, key.1, opts.seconds, perf_out.as_deref())
+                    }
                     Mode::Fixed => measure_fixed(&lab, key.1, opts.seconds, opts.pps),
                     Mode::Tcp => measure_tcp(&lab, opts.seconds),
                 };
@@ -219,7 +235,36 @@ pub fn run(opts: &Options, agent: &Path, bench_object: &Path) -> Result<()> {
             }
         }
     }
-    report(opts, &results)
+    report(opts, &results)?;
+    if opts.profile {
+        print_profiles(&variants, &opts.sizes)?;
+    }
+    Ok(())
+}
+
+fn profile_path(variant: &str, size: usize) -> std::path::PathBuf {
+    crate::workspace_root().join(format!("target/bench/perf-{variant}-{size}.data"))
+}
+
+/// Top symbols of each recorded variant, in percent of the CPU's samples.
+fn print_profiles(variants: &[Variant], sizes: &[usize]) -> Result<()> {
+    for &size in sizes {
+        for v in variants {
+            let path = profile_path(v.name, size);
+            if !path.exists() {
+                continue;
+            }
+            let out = sh(std::process::Command::new("perf")
+                .args(["report", "--stdio", "--no-children", "--sort", "symbol", "-i"])
+                .arg(&path)
+                .args(["--percent-limit", "1.5"]))?;
+            println!("\n== profile: max {size}B {} (CPU {GEN_CPU}, cpu-clock; {})", v.name, path.display());
+            for line in out.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+                println!("   {}", line.trim());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn report(opts: &Options, results: &BTreeMap<Key, BTreeMap<&str, Vec<Sample>>>) -> Result<()> {
