@@ -37,8 +37,9 @@ pub struct Options {
     /// Variants to run (default: all).
     #[arg(long, value_delimiter = ',')]
     pub variants: Vec<String>,
-    /// In the first repeat of the max mode, `perf record -e cpu-clock` the
-    /// CPU that runs generator and path, per variant, and print where the time goes.
+    /// After the measured trials, one unmeasured max-mode pass under `perf
+    /// record -e cpu-clock` on the CPU that runs generator and path, per
+    /// variant; prints where the time goes.
     #[arg(long)]
     pub profile: bool,
 }
@@ -77,7 +78,8 @@ const WARMUP: Duration = Duration::from_millis(300);
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     value: f64,
-    /// Copies the collector received per packet that reached the sink.
+    /// Copies the collector received per packet that reached the sink
+    /// (TCP mode: copies received in total).
     copies_per_packet: f64,
 }
 
@@ -200,10 +202,7 @@ pub fn run(opts: &Options, agent: &Path, bench_object: &Path) -> Result<()> {
                 let v = variants[(i + repeat) % n];
                 v.attach(agent).with_context(|| format!("attaching {}", v.name))?;
                 let sample = match key.0 {
-                    Mode::Max => {
-                        let perf_out = (opts.profile && repeat == 0).then(|| profile_path(v.name, key.1));
-                        measure_max(&lab, key.1, opts.seconds, perf_out.as_deref())
-                    }
+                    Mode::Max => measure_max(&lab, key.1, opts.seconds, None),
                     Mode::Fixed => measure_fixed(&lab, key.1, opts.seconds, opts.pps),
                     Mode::Tcp => measure_tcp(&lab, opts.seconds),
                 };
@@ -237,6 +236,17 @@ pub fn run(opts: &Options, agent: &Path, bench_object: &Path) -> Result<()> {
     }
     report(opts, &results)?;
     if opts.profile {
+        // A pass of its own: perf's overhead must not touch the figures above.
+        lab.set_sink_drop(true)?;
+        lab.set_net_rx_accounting(false)?;
+        for &(mode, size) in keys.iter().filter(|k| k.0 == Mode::Max) {
+            for v in &variants {
+                v.attach(agent)?;
+                let r = measure_max(&lab, size, opts.seconds, Some(&profile_path(v.name, size)));
+                v.detach(agent)?;
+                r.with_context(|| format!("profiling {} {} {size}B", v.name, mode.name()))?;
+            }
+        }
         print_profiles(&variants, &opts.sizes)?;
     }
     Ok(())
