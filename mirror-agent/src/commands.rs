@@ -228,16 +228,11 @@ pub fn list(ctx: &Context, as_json: bool) -> Result<()> {
         None => Vec::new(),
     };
     if as_json {
-        let doc = json!({
-            "netns": ctx.netns_label,
-            "sessions": sessions.iter().map(session_json).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(());
+        let sessions: Vec<Value> = sessions.iter().map(session_json).collect();
+        return print_json(&json!({ "netns": ctx.netns_label, "sessions": sessions }));
     }
     if sessions.is_empty() {
-        println!("no sessions (network namespace {})", ctx.netns_label);
-        return Ok(());
+        return print_no_sessions(ctx);
     }
     println!(
         "{:<20} {:>4}  {:<9} {:>7}  {:<24} SOURCES",
@@ -256,6 +251,16 @@ pub fn list(ctx: &Context, as_json: bool) -> Result<()> {
             sources.join(","),
         );
     }
+    Ok(())
+}
+
+fn print_json(doc: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(doc)?);
+    Ok(())
+}
+
+fn print_no_sessions(ctx: &Context) -> Result<()> {
+    println!("no sessions (network namespace {})", ctx.netns_label);
     Ok(())
 }
 
@@ -323,26 +328,22 @@ pub fn stats(ctx: &Context, name: Option<&str>, as_json: bool) -> Result<()> {
                 v
             })
             .collect();
+        // Program-wide counters: what no session accounts for.
         let global_json = global.as_ref().map(|g| {
-            json!({
-                "ingress": {
-                    "no_session": counter_json(g[0][reason::NO_SESSION as usize]),
-                    "copy_not_remirrored": counter_json(g[0][reason::COPY_NOT_REMIRRORED as usize]),
-                },
-                "egress": {
-                    "no_session": counter_json(g[1][reason::NO_SESSION as usize]),
-                    "copy_not_remirrored": counter_json(g[1][reason::COPY_NOT_REMIRRORED as usize]),
-                },
-            })
+            let per_direction = |c: &ReasonCounters| {
+                json!({
+                    "no_session": counter_json(c[reason::NO_SESSION as usize]),
+                    "copy_not_remirrored": counter_json(c[reason::COPY_NOT_REMIRRORED as usize]),
+                })
+            };
+            json!({ "ingress": per_direction(&g[0]), "egress": per_direction(&g[1]) })
         });
-        let doc = json!({ "netns": ctx.netns_label, "sessions": sessions_json, "global": global_json });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(());
+        return print_json(
+            &json!({ "netns": ctx.netns_label, "sessions": sessions_json, "global": global_json }),
+        );
     }
-
     if sessions.is_empty() {
-        println!("no sessions (network namespace {})", ctx.netns_label);
-        return Ok(());
+        return print_no_sessions(ctx);
     }
     println!(
         "{:<20} {:<8} {:>10} {:>12} {:>10} {:>12} {:>10} {:>8}  FAILURES",

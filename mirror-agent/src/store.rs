@@ -235,7 +235,8 @@ impl Store {
         for &ifindex in sources {
             for dir in directions(config.direction_mask) {
                 let key = SourceKey { ifindex, direction: dir };
-                let mut entry = self.sources.get(&key, 0).unwrap_or_default();
+                let existing = self.sources.get(&key, 0).ok();
+                let mut entry = existing.unwrap_or_default();
                 let n = entry.slot_count as usize;
                 anyhow::ensure!(n < MAX_SESSIONS_PER_SOURCE, "source {ifindex} is full");
                 entry.slots[n] = SessionSlot {
@@ -247,8 +248,8 @@ impl Store {
                 entry.slot_count += 1;
                 self.before_fill()?;
                 self.sources.insert(key, entry, 0).context("writing SOURCES")?;
-                // Replacing an entry frees the old element.
-                self.freed_since_grace_period = true;
+                // Replacing an entry frees the old element; a new key frees nothing.
+                self.freed_since_grace_period |= existing.is_some();
             }
         }
         Ok(())
