@@ -7,8 +7,13 @@ use crate::{ebpf_build, run, workspace_root};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: (a binary it provides, the package).
-const PACKAGES: &[(&str, &str)] =
-    &[("ip", "iproute2"), ("tc", "iproute2"), ("ping", "iputils-ping"), ("tcpdump", "tcpdump")];
+const PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("tc", "iproute2"),
+    ("ping", "iputils-ping"),
+    ("sysctl", "procps"),
+    ("tcpdump", "tcpdump"),
+];
 
 pub fn all() -> Result<()> {
     packages()?;
