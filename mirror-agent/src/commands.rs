@@ -223,12 +223,22 @@ fn open_read_only(ctx: &Context) -> Result<Option<(Store, DirLock)>> {
 }
 
 pub fn list(ctx: &Context, as_json: bool) -> Result<()> {
-    let sessions = match open_read_only(ctx)? {
-        Some((store, _lock)) => store.sessions()?,
-        None => Vec::new(),
+    let (sessions, missing) = match open_read_only(ctx)? {
+        Some((store, _lock)) => (store.sessions()?, hooks::missing(&store, &ctx.layout)?),
+        None => (Vec::new(), Vec::new()),
+    };
+    let missing_of = |s: &Session| -> Vec<String> {
+        missing.iter().filter(|h| h.serves(s)).map(hooks::Hook::describe).collect()
     };
     if as_json {
-        let sessions: Vec<Value> = sessions.iter().map(session_json).collect();
+        let sessions: Vec<Value> = sessions
+            .iter()
+            .map(|s| {
+                let mut v = session_json(s);
+                v["hooks_missing"] = json!(missing_of(s));
+                v
+            })
+            .collect();
         return print_json(&json!({ "netns": ctx.netns_label, "sessions": sessions }));
     }
     if sessions.is_empty() {
@@ -250,6 +260,14 @@ pub fn list(ctx: &Context, as_json: bool) -> Result<()> {
             format!("{} ({})", iface_label(dest), iface::state(dest).as_str()),
             sources.join(","),
         );
+        let lost = missing_of(s);
+        if !lost.is_empty() {
+            println!(
+                "{:<20} not mirroring: hook {} is not attached (the next attach re-attaches it)",
+                "",
+                lost.join(", ")
+            );
+        }
     }
     Ok(())
 }

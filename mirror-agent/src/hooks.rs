@@ -196,6 +196,54 @@ pub fn attached_count(layout: &Layout) -> Result<usize> {
     Ok(attached(layout)?.len())
 }
 
+/// Whether a pinned attachment is still in its hook. A TCX link is live if
+/// its program is among the hook's programs: someone may have detached the
+/// link (`bpftool link detach`), or the interface may be gone. clsact filters
+/// are taken as live (their identity is the (priority, handle) record).
+fn is_live(a: &Attached) -> bool {
+    if a.record != Record::Tcx {
+        return true;
+    }
+    let Some(ifname) = iface::name(a.hook.ifindex) else {
+        return false;
+    };
+    let program_id = match PinnedLink::from_pin(&a.pin).map(FdLink::from).and_then(|l| l.info()) {
+        Ok(info) => info.program_id(),
+        Err(_) => return false,
+    };
+    SchedClassifier::query_tcx(&ifname, a.hook.kind.attach_type())
+        .is_ok_and(|(_, progs)| progs.iter().any(|p| p.id() == program_id))
+}
+
+/// Hooks the sessions need that are not live in the kernel right now.
+pub fn missing(store: &Store, layout: &Layout) -> Result<Vec<Hook>> {
+    let live: BTreeSet<Hook> = attached(layout)?.iter().filter(|a| is_live(a)).map(|a| a.hook).collect();
+    Ok(desired(store)?.into_iter().filter(|h| !live.contains(h)).collect())
+}
+
+impl Hook {
+    /// `"<kind> on <interface>"` for messages.
+    pub fn describe(&self) -> String {
+        let name = iface::name(self.ifindex).unwrap_or_else(|| format!("#{}", self.ifindex));
+        format!("{} on {name}", self.kind.pin_prefix())
+    }
+
+    /// Whether this hook serves `session`.
+    pub fn serves(&self, session: &crate::store::Session) -> bool {
+        match self.kind {
+            HookKind::DstEgress => session.config.snaplen != 0 && session.config.dest_ifindex == self.ifindex,
+            HookKind::SrcIngress => {
+                session.config.direction_mask & direction::INGRESS_BIT != 0
+                    && session.sources.contains(&self.ifindex)
+            }
+            HookKind::SrcEgress => {
+                session.config.direction_mask & direction::EGRESS_BIT != 0
+                    && session.sources.contains(&self.ifindex)
+            }
+        }
+    }
+}
+
 /// Detaches every hook the maps no longer need, and attaches nothing: what
 /// `detach` runs, so that removing a session never depends on hooking others.
 pub fn detach_unneeded(store: &Store, layout: &Layout) -> Result<()> {
@@ -211,6 +259,12 @@ pub fn detach_unneeded(store: &Store, layout: &Layout) -> Result<()> {
 pub fn reconcile(store: &Store, layout: &Layout, mode: AttachMode) -> Result<()> {
     detach_unneeded(store, layout)?;
     let want = desired(store)?;
+    // A pinned link that is no longer in its hook is repaired: unpinned here,
+    // attached again below.
+    for a in attached(layout)?.iter().filter(|a| want.contains(&a.hook) && !is_live(a)) {
+        tracing::warn!(hook = %a.hook.describe(), "hook was detached behind our back; re-attaching");
+        detach(a)?;
+    }
     let have = attached(layout)?;
     let present: BTreeSet<Hook> = have.iter().map(|a| a.hook).collect();
     let missing: Vec<Hook> = want

@@ -183,6 +183,49 @@ fn netlink_clsact_outlives_the_hook_that_created_it_while_others_use_it() {
     assert!(!filters(h, "vk0", "egress").contains("mirror_"), "destination filter left behind");
 }
 
+/// Detaches a pinned bpf_link the way `bpftool link detach` does:
+/// BPF_OBJ_GET on the pin, then BPF_LINK_DETACH.
+fn force_detach_link(pin: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes()).unwrap();
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: bpf(2) with a zeroed attr holding a valid C string pointer.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), 128) };
+    assert!(fd >= 0, "BPF_OBJ_GET {}: {}", pin.display(), std::io::Error::last_os_error());
+    let mut attr = [0u64; 16];
+    attr[0] = fd as u64;
+    // SAFETY: bpf(2) with a zeroed attr holding the link fd.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), 128) };
+    assert_eq!(rc, 0, "BPF_LINK_DETACH: {}", std::io::Error::last_os_error());
+    // SAFETY: closing the fd we got above.
+    unsafe { libc::close(fd as i32) };
+}
+
+#[test]
+fn a_hook_detached_behind_our_back_is_reported_and_repaired() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    let h = &topo.host;
+    agent.ok(&["attach", "--name", "a", "--source", "vc", "--dest", "vk0", "--direction", "ingress"]);
+    let pin = h.pin_dir().join("links").join(format!("src-ingress-{}", h.ifindex("vc")));
+    force_detach_link(&pin);
+    assert!(tcx_programs(h, "vc", TcAttachType::Ingress).is_empty());
+
+    assert_eq!(agent.list()["sessions"][0]["hooks_missing"], serde_json::json!(["src-ingress on vc"]));
+    assert!(agent.ok(&["list"]).contains("not mirroring: hook src-ingress on vc"));
+
+    // The next attach (of any session) repairs it.
+    agent.ok(&["attach", "--name", "b", "--source", "vs", "--dest", "vk0", "--direction", "ingress"]);
+    assert_eq!(tcx_programs(h, "vc", TcAttachType::Ingress), ["mirror_src_ingr"]);
+    assert_eq!(agent.list()["sessions"][0]["hooks_missing"], serde_json::json!([]));
+    let cap = Capture::start(&topo.collectors[0], "eth0");
+    ping(&topo.client, SERVER_IP, 5);
+    assert_eq!(cap.stop().iter().filter(|f| f.is_echo_request()).count(), 5, "a is not mirroring again");
+}
+
 #[test]
 fn foreign_tcx_program_keeps_running_before_during_and_after() {
     let topo = Topology::new(1);
