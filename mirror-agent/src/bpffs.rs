@@ -110,6 +110,16 @@ fn in_private_mount_namespace() -> bool {
     })
 }
 
+/// `PROC_PID_INIT_INO`: the inode of the initial PID namespace.
+const INITIAL_PID_NAMESPACE_INODE: u64 = 0xefff_fffc;
+
+/// True in a container (a PID namespace other than the host's): a bpffs
+/// mounted here would die with the container, and the sessions with it.
+fn in_container() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() != INITIAL_PID_NAMESPACE_INODE)
+}
+
 /// Refuses to work from a private mount namespace without the host's bpffs:
 /// sessions made there vanish with the process, and the host's sessions are
 /// invisible (so `list` would say "none" and `detach` would find nothing).
@@ -127,8 +137,9 @@ pub fn ensure_mounted(bpffs: &Path) -> Result<()> {
     if is_bpffs(bpffs) {
         return Ok(());
     }
-    if in_private_mount_namespace() {
-        return Err(InputError::PrivateMountNamespace { bpffs: bpffs.display().to_string() }.into());
+    refuse_private_mount_namespace(bpffs)?;
+    if in_container() {
+        return Err(InputError::NoHostBpffs { bpffs: bpffs.display().to_string() }.into());
     }
     fs::create_dir_all(bpffs).with_context(|| format!("creating {}", bpffs.display()))?;
     let target = CString::new(bpffs.as_os_str().as_bytes())?;

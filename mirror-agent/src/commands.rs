@@ -184,6 +184,9 @@ pub fn detach(ctx: &Context, name: Option<&str>, all: bool) -> Result<()> {
     for s in &targets {
         store.remove_sources(s.id)?;
     }
+    // No source program still running may be sending a copy through a
+    // destination hook we are about to remove.
+    store.wait_for_readers()?;
     hooks::detach_unneeded(&store, layout)?;
     for s in &targets {
         store.clear_session(s.id)?;
@@ -263,7 +266,7 @@ pub fn list(ctx: &Context, as_json: bool) -> Result<()> {
         let lost = missing_of(s);
         if !lost.is_empty() {
             println!(
-                "{:<20} not mirroring: hook {} is not attached (the next attach re-attaches it)",
+                "{:<20} not mirroring: hook {} is not attached (the next attach re-attaches it, while the interface exists)",
                 "",
                 lost.join(", ")
             );

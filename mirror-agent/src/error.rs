@@ -37,6 +37,12 @@ pub enum InputError {
          when the command exits. Run `mirror-agent --netns NAME ...` instead"
     )]
     PrivateMountNamespace { bpffs: String },
+    #[error(
+        "no bpffs at {bpffs}, and this process runs in a container: a bpffs mounted here would vanish \
+         with the container. Mount the host's bpffs there (e.g. a hostPath volume of /sys/fs/bpf) \
+         or pass --bpffs"
+    )]
+    NoHostBpffs { bpffs: String },
     #[error("the agent was built without its eBPF object (AYA_BUILD_SKIP); rebuild it normally")]
     NoEbpfObject,
 }

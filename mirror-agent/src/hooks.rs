@@ -249,7 +249,7 @@ impl Hook {
 pub fn detach_unneeded(store: &Store, layout: &Layout) -> Result<()> {
     let want = desired(store)?;
     for a in attached(layout)?.iter().filter(|a| !want.contains(&a.hook)) {
-        detach(a)?;
+        detach(a, &want)?;
     }
     Ok(())
 }
@@ -263,7 +263,7 @@ pub fn reconcile(store: &Store, layout: &Layout, mode: AttachMode) -> Result<()>
     // attached again below.
     for a in attached(layout)?.iter().filter(|a| want.contains(&a.hook) && !is_live(a)) {
         tracing::warn!(hook = %a.hook.describe(), "hook was detached behind our back; re-attaching");
-        detach(a)?;
+        detach(a, &want)?;
     }
     let have = attached(layout)?;
     let present: BTreeSet<Hook> = have.iter().map(|a| a.hook).collect();
@@ -356,13 +356,14 @@ fn attach(ebpf: &mut aya::Ebpf, layout: &Layout, hook: Hook, use_tcx: bool) -> R
 
 /// The clsact the agent created outlives the hook that recorded it when
 /// other agent filters remain on the interface: pass the record on to one of
-/// them, so that the last one out removes the qdisc.
-fn hand_over_qdisc(from: &Attached) -> Result<()> {
+/// them that stays (is in `keep`), so that the last one out removes the qdisc.
+fn hand_over_qdisc(from: &Attached, keep: &BTreeSet<Hook>) -> Result<()> {
     let Some(parent) = from.pin.parent() else { return Ok(()) };
     for a in attached_in(parent)? {
         if let Record::Netlink { priority, handle, created_qdisc: false } = a.record
             && a.hook.ifindex == from.hook.ifindex
             && a.pin != from.pin
+            && keep.contains(&a.hook)
         {
             let record = Record::Netlink { priority, handle, created_qdisc: true };
             fs::rename(&a.pin, parent.join(pin_name(a.hook, record)))
@@ -373,7 +374,9 @@ fn hand_over_qdisc(from: &Attached) -> Result<()> {
     Ok(())
 }
 
-fn detach(a: &Attached) -> Result<()> {
+/// Detaches one attachment; `keep` are the hooks that stay (for the clsact
+/// ownership hand-over).
+fn detach(a: &Attached, keep: &BTreeSet<Hook>) -> Result<()> {
     let ctx = || format!("detaching {}", a.pin.display());
     match a.record {
         Record::Tcx => {
@@ -402,11 +405,15 @@ fn detach(a: &Attached) -> Result<()> {
                     if tc_netlink::clsact_is_empty(a.hook.ifindex)? {
                         tc_netlink::delete_clsact(a.hook.ifindex).with_context(ctx)?;
                     } else {
-                        hand_over_qdisc(a)?;
+                        hand_over_qdisc(a, keep)?;
                     }
                 }
             }
-            fs::remove_file(&a.pin).with_context(ctx)?;
+            match fs::remove_file(&a.pin) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(ctx),
+            }
         }
     }
     tracing::info!(hook = ?a.hook.kind, ifindex = a.hook.ifindex, "detached");

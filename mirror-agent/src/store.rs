@@ -136,6 +136,14 @@ impl Store {
         }))
     }
 
+    /// Waits for every program run that may still use what was just removed
+    /// (e.g. a copy being cut by a destination hook about to be detached).
+    pub fn wait_for_readers(&mut self) -> Result<()> {
+        wait_for_running_programs()?;
+        self.freed_since_grace_period = false;
+        Ok(())
+    }
+
     /// Call before any write that fills a map element.
     fn before_fill(&mut self) -> Result<()> {
         if self.freed_since_grace_period {
@@ -235,7 +243,11 @@ impl Store {
         for &ifindex in sources {
             for dir in directions(config.direction_mask) {
                 let key = SourceKey { ifindex, direction: dir };
-                let existing = self.sources.get(&key, 0).ok();
+                let existing = match self.sources.get(&key, 0) {
+                    Ok(entry) => Some(entry),
+                    Err(MapError::KeyNotFound) => None,
+                    Err(e) => return Err(e).context("reading SOURCES"),
+                };
                 let mut entry = existing.unwrap_or_default();
                 let n = entry.slot_count as usize;
                 anyhow::ensure!(n < MAX_SESSIONS_PER_SOURCE, "source {ifindex} is full");

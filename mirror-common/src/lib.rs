@@ -25,8 +25,9 @@ pub mod direction {
 
 /// Why a counter moved. Counted per session and direction in `COUNTERS`.
 ///
-/// 0–5 describe selection and delivery; 6 and 8–13 are copies that did not
-/// reach the destination, each leaving the original untouched (fail-open);
+/// 0–5 describe selection and delivery; 7 a copy sent without its cut; 6 and
+/// 8–13 copies whose delivery the kernel did not confirm, each leaving the
+/// original untouched (fail-open);
 /// 14–15 are counted on the program-wide pseudo session [`GLOBAL_SESSION_ID`].
 /// Every copy attempt is counted once, at the source hook, under exactly one
 /// outcome: `mirrored` or a failure (plus `truncated` when cut). `matched` is
@@ -50,6 +51,9 @@ pub mod reason {
     /// the destination is down / without carrier (such a device's
     /// `noop_qdisc` answers this). `stats` shows the destination's state.
     pub const DEST_CONGESTED: u32 = 6;
+    /// The copy was sent *uncut*: its session has a snap length but the
+    /// destination hook did not run (detached, or deleted by hand).
+    pub const NOT_CUT: u32 = 7;
     /// Destination is down (`-ENETDOWN`).
     pub const DEST_DOWN: u32 = 8;
     /// Destination ifindex does not exist (deleted) (`-EINVAL`).
@@ -72,8 +76,9 @@ pub mod reason {
     pub const COUNT: u32 = 16;
 
     /// The outcomes of a copy attempt: each attempt is counted under exactly one.
-    pub const OUTCOMES: [u32; 8] = [
+    pub const OUTCOMES: [u32; 9] = [
         MIRRORED,
+        NOT_CUT,
         DEST_CONGESTED,
         DEST_DOWN,
         DEST_MISSING,
@@ -92,7 +97,7 @@ pub mod reason {
         "sampled_out",
         "rate_limited",
         "dest_congested",
-        "reserved_7",
+        "not_cut",
         "dest_down",
         "dest_missing",
         "clone_failed",

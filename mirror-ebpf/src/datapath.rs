@@ -137,6 +137,10 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
             }
             // The destination hook dropped it (the call reports NET_XMIT_DROP).
             CUT_FAILED => count(slot.session_id, direction, reason::SNAP_FAILED, len),
+            // Sent, but the destination hook never saw it: it left uncut.
+            CUT_NONE if outcome == reason::MIRRORED => {
+                count(slot.session_id, direction, reason::NOT_CUT, len)
+            }
             _ => count(slot.session_id, direction, outcome, len),
         }
     }

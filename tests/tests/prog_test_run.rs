@@ -145,11 +145,11 @@ fn source_program_outcomes_are_counted_and_always_fail_open() {
 
         // Snap length: the destination hook on d1 cuts the copy, and the
         // source counts it as cut, once, with the bytes removed.
-        {
+        let dst_link = {
             let dst: &mut SchedClassifier =
                 ebpf.program_mut("mirror_dst_egress").unwrap().try_into().unwrap();
-            dst.attach("d1", TcAttachType::Egress).expect("attach mirror_dst_egress to d1");
-        }
+            dst.attach("d1", TcAttachType::Egress).expect("attach mirror_dst_egress to d1")
+        };
         set_session_snaplen(&mut ebpf, 64);
         set_source(&mut ebpf, fx.src, fx.dst, 64);
         run(&ebpf, "mirror_src_ingress", &pkt, fx.src, 0);
@@ -163,6 +163,18 @@ fn source_program_outcomes_are_counted_and_always_fail_open() {
         assert_eq!(run(&ebpf, "mirror_src_ingress", &pkt, fx.src, 0).0, NEXT);
         assert_eq!(counter(&ebpf, 1, ing, reason::SNAP_FAILED).packets, 1);
         assert_eq!(counter(&ebpf, 1, ing, reason::DEST_QUEUE_DROP).packets, 0);
+        assert_eq!(counter(&ebpf, 1, ing, reason::MIRRORED).packets, 2);
+
+        // The destination hook is gone: the copy leaves uncut, and says so.
+        {
+            let dst: &mut SchedClassifier =
+                ebpf.program_mut("mirror_dst_egress").unwrap().try_into().unwrap();
+            dst.detach(dst_link).unwrap();
+        }
+        set_session_snaplen(&mut ebpf, 64);
+        set_source(&mut ebpf, fx.src, fx.dst, 64);
+        run(&ebpf, "mirror_src_ingress", &pkt, fx.src, 0);
+        assert_eq!(counter(&ebpf, 1, ing, reason::NOT_CUT), Counter { packets: 1, bytes: 100 });
         assert_eq!(counter(&ebpf, 1, ing, reason::MIRRORED).packets, 2);
         set_session_snaplen(&mut ebpf, 0);
         set_source(&mut ebpf, fx.src, fx.dst, 0);
@@ -183,7 +195,7 @@ fn source_program_outcomes_are_counted_and_always_fail_open() {
         let (verdict, mark, _) = run(&ebpf, "mirror_src_ingress", &pkt, fx.src, tagged);
         assert_eq!((verdict, mark), (NEXT, tagged));
         assert_eq!(counter(&ebpf, 0, ing, reason::COPY_NOT_REMIRRORED).packets, 1);
-        assert_eq!(matched(&ebpf, 1, ing), 5, "a tagged packet was matched");
+        assert_eq!(matched(&ebpf, 1, ing), 6, "a tagged packet was matched");
     });
 }
 
