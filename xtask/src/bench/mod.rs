@@ -227,10 +227,10 @@ pub fn run(opts: &Options, agent: &Path, bench_object: &Path) -> Result<()> {
                 // A trial only counts if the variant did what it claims: one
                 // copy per packet (±1%), or none.
                 let copies = sample.copies_per_packet;
-                let ok = match (v.mirrors(), key.0) {
-                    (true, Mode::Tcp) => copies > 0.0,
-                    (true, _) => (0.99..=1.01).contains(&copies),
-                    (false, _) => copies == 0.0,
+                let ok = match key.0 {
+                    Mode::Tcp => (copies > 0.0) == v.mirrors_tcp(),
+                    _ if v.mirrors() => (0.99..=1.01).contains(&copies),
+                    _ => copies == 0.0,
                 };
                 if !ok {
                     bail!(

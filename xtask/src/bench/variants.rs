@@ -83,8 +83,14 @@ impl Variant {
         }
     }
 
-    /// Whether this variant copies every packet (so its copies are counted).
+    /// Whether this variant copies every packet of the one-way UDP modes.
     pub fn mirrors(&self) -> bool {
         matches!(self.kind, Kind::TcMirred { matching: true } | Kind::Agent { direction: "both", .. })
+    }
+
+    /// Whether this variant copies anything in the TCP mode, where traffic
+    /// crosses the source both ways (the sink's ACKs leave through its egress).
+    pub fn mirrors_tcp(&self) -> bool {
+        matches!(self.kind, Kind::TcMirred { matching: true } | Kind::Agent { .. })
     }
 }
