@@ -8,16 +8,17 @@ use std::{
 
 use anyhow::{Result, bail};
 
-use super::lab::{self, GEN, GEN_IP, GEN_MAC, SINK_IP, SRC0_MAC};
+use super::lab::{self, GEN, GEN_IP, GEN_MAC, SINK_IP};
 
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
 pub const BURST: usize = 64;
 
-/// A UDP frame of `len` bytes (L2, without FCS) from the generator to the sink.
-pub fn udp_frame(len: usize) -> Vec<u8> {
+/// A UDP frame of `len` bytes (L2, without FCS) from the generator to the
+/// sink, sent to `dst_mac` (the router's src0, or the sink across a bridge).
+pub fn udp_frame(len: usize, dst_mac: [u8; 6]) -> Vec<u8> {
     assert!(len >= 60, "frame too short");
     let mut f = vec![0u8; len];
-    f[0..6].copy_from_slice(&SRC0_MAC);
+    f[0..6].copy_from_slice(&dst_mac);
     f[6..12].copy_from_slice(&GEN_MAC);
     f[12..14].copy_from_slice(&[0x08, 0x00]);
     let ip_len = (len - 14) as u16;
@@ -43,6 +44,7 @@ pub fn udp_frame(len: usize) -> Vec<u8> {
 #[derive(Debug, Clone, Copy)]
 pub struct Load {
     pub frame_len: usize,
+    pub dst_mac: [u8; 6],
     /// `None` = as fast as possible.
     pub pps: Option<u64>,
     pub duration: Duration,
@@ -102,7 +104,7 @@ pub fn run(load: Load) -> Result<u64> {
         pin_to(load.cpu)?;
         lab::enter(GEN)?;
         let sock = socket()?;
-        let frame = udp_frame(load.frame_len);
+        let frame = udp_frame(load.frame_len, load.dst_mac);
         let mut iov = libc::iovec { iov_base: frame.as_ptr() as *mut _, iov_len: frame.len() };
         let mut msgs: Vec<libc::mmsghdr> = (0..BURST)
             .map(|_| {

@@ -29,7 +29,17 @@ pub const SINK_IP: [u8; 4] = [198, 18, 2, 2];
 pub const GEN_MAC: [u8; 6] = [0x02, 0, 0xc6, 0x12, 0, 0x01];
 pub const SRC0_MAC: [u8; 6] = [0x02, 0, 0xc6, 0x12, 0, 0xfe];
 const DST0_MAC: &str = "02:00:c6:12:02:fe";
-const SINK_MAC: &str = "02:00:c6:12:02:02";
+pub const SINK_MAC: [u8; 6] = [0x02, 0, 0xc6, 0x12, 0x02, 0x02];
+
+/// How the host namespace moves packets from src0 to dst0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Forwarding {
+    /// IPv4 routing: the forwarding path writes the packet (TTL), so a
+    /// cloned original must be made private somewhere.
+    Routed,
+    /// A Linux bridge: the original is never written.
+    Bridged,
+}
 
 /// Runs `cmd`, failing with its stderr.
 pub fn sh(cmd: &mut Command) -> Result<String> {
@@ -84,6 +94,8 @@ pub struct Lab {
     /// NET_RX accounting: attached only while the fixed mode runs; in the max
     /// mode the generator shares the CPU and the tracepoints fire per packet.
     softirq: Option<Ebpf>,
+    /// Destination MAC of the generator's frames.
+    pub first_hop: [u8; 6],
 }
 
 impl std::fmt::Debug for Lab {
@@ -109,7 +121,7 @@ fn load_sink(object: &[u8], ns: &str) -> Result<Ebpf> {
 }
 
 impl Lab {
-    pub fn create(object: Vec<u8>) -> Result<Self> {
+    pub fn create(object: Vec<u8>, forwarding: Forwarding) -> Result<Self> {
         delete_namespaces();
         for ns in [GEN, HOST, SINK, COL] {
             sh(Command::new("ip").args(["netns", "add", ns]))?;
@@ -123,7 +135,7 @@ impl Lab {
         ip(GEN, &["link", "set", "eth0", "address", &mac(GEN_MAC)])?;
         ip(HOST, &["link", "set", "src0", "address", &mac(SRC0_MAC)])?;
         ip(HOST, &["link", "set", "dst0", "address", DST0_MAC])?;
-        ip(SINK, &["link", "set", "eth0", "address", SINK_MAC])?;
+        ip(SINK, &["link", "set", "eth0", "address", &mac(SINK_MAC)])?;
         ip(GEN, &["addr", "add", "198.18.0.1/24", "dev", "eth0"])?;
         ip(HOST, &["addr", "add", "198.18.0.254/24", "dev", "src0"])?;
         ip(HOST, &["addr", "add", "198.18.2.254/24", "dev", "dst0"])?;
@@ -135,7 +147,10 @@ impl Lab {
         }
         sh(&mut ns_exec(HOST, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
         sh(&mut ns_exec(HOST, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]))?;
-        ip(HOST, &["neigh", "add", "198.18.2.2", "lladdr", SINK_MAC, "dev", "dst0", "nud", "permanent"])?;
+        ip(
+            HOST,
+            &["neigh", "add", "198.18.2.2", "lladdr", &mac(SINK_MAC), "dev", "dst0", "nud", "permanent"],
+        )?;
         ip(
             HOST,
             &["neigh", "add", "198.18.0.1", "lladdr", &mac(GEN_MAC), "dev", "src0", "nud", "permanent"],
@@ -147,10 +162,23 @@ impl Lab {
         ip(SINK, &["neigh", "add", "198.18.2.254", "lladdr", DST0_MAC, "dev", "eth0", "nud", "permanent"])?;
         ip(GEN, &["route", "add", "198.18.2.0/24", "via", "198.18.0.254"])?;
         ip(SINK, &["route", "add", "198.18.0.0/24", "via", "198.18.2.254"])?;
+        if forwarding == Forwarding::Bridged {
+            // The generator addresses the sink directly; a static FDB entry
+            // keeps the bridge from flooding (the sink never talks back).
+            ip(HOST, &["link", "add", "br0", "type", "bridge"])?;
+            ip(HOST, &["link", "set", "br0", "multicast", "off", "up"])?;
+            ip(HOST, &["link", "set", "src0", "master", "br0"])?;
+            ip(HOST, &["link", "set", "dst0", "master", "br0"])?;
+            sh(&mut ns_exec(
+                HOST,
+                &["bridge", "fdb", "add", &mac(SINK_MAC), "dev", "dst0", "master", "static"],
+            ))?;
+        }
 
         let sink = Some(load_sink(&object, SINK)?);
         let col = load_sink(&object, COL)?;
-        Ok(Self { object, sink, col, softirq: None })
+        let first_hop = if forwarding == Forwarding::Bridged { SINK_MAC } else { SRC0_MAC };
+        Ok(Self { object, sink, col, softirq: None, first_hop })
     }
 
     pub fn set_net_rx_accounting(&mut self, on: bool) -> Result<()> {

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use self::{
     generator::Load,
-    lab::{GEN, Lab, SINK, ns_exec, sh},
+    lab::{Forwarding, GEN, Lab, SINK, ns_exec, sh},
     variants::{VARIANTS, Variant},
 };
 
@@ -34,6 +34,10 @@ pub struct Options {
     /// Offered load of the fixed mode, packets per second.
     #[arg(long, default_value_t = 200_000)]
     pub pps: u64,
+    /// How the host namespace forwards: routed (the original is written, so
+    /// mirred pays its unclone in ip_forward) or bridged (it is not).
+    #[arg(long, value_enum, default_value_t = Forwarding::Routed)]
+    pub forwarding: Forwarding,
     /// Variants to run (default: all).
     #[arg(long, value_delimiter = ',')]
     pub variants: Vec<String>,
@@ -87,6 +91,7 @@ fn measure_max(lab: &Lab, size: usize, secs: f64, perf_out: Option<&Path>) -> Re
     lab.set_rps(0)?;
     let load = Load {
         frame_len: size,
+        dst_mac: lab.first_hop,
         pps: None,
         duration: WARMUP * 2 + Duration::from_secs_f64(secs),
         cpu: GEN_CPU,
@@ -118,6 +123,7 @@ fn measure_fixed(lab: &Lab, size: usize, secs: f64, pps: u64) -> Result<Sample> 
     lab.set_rps(1 << PATH_CPU)?;
     let load = Load {
         frame_len: size,
+        dst_mac: lab.first_hop,
         pps: Some(pps),
         duration: WARMUP * 2 + Duration::from_secs_f64(secs),
         cpu: GEN_CPU,
@@ -200,7 +206,10 @@ pub fn run(opts: &Options, agent: &Path, bench_object: &Path) -> Result<()> {
     if !variants.iter().any(|v| v.name == "base") {
         bail!("the base variant is needed: every figure is relative to it");
     }
-    let mut lab = Lab::create(std::fs::read(bench_object)?)?;
+    if opts.forwarding == Forwarding::Bridged && opts.modes.contains(&Mode::Tcp) {
+        bail!("the tcp mode needs the routed path (generator and sink are in different subnets)");
+    }
+    let mut lab = Lab::create(std::fs::read(bench_object)?, opts.forwarding)?;
     let mut keys: Vec<Key> = Vec::new();
     for &mode in &opts.modes {
         if mode == Mode::Tcp {
@@ -347,7 +356,10 @@ fn report(opts: &Options, results: &BTreeMap<Key, BTreeMap<&str, Vec<Sample>>>) 
         println!("  {t}");
     }
     let doc = json!({
-        "options": { "repeats": opts.repeats, "seconds": opts.seconds, "pps": opts.pps, "sizes": opts.sizes },
+        "options": {
+            "repeats": opts.repeats, "seconds": opts.seconds, "pps": opts.pps, "sizes": opts.sizes,
+            "forwarding": format!("{:?}", opts.forwarding).to_lowercase(),
+        },
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "rows": json_rows,
         "targets": targets,
