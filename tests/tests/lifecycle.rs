@@ -356,6 +356,28 @@ fn ip_netns_exec_is_refused_with_an_explanation() {
 }
 
 #[test]
+fn a_container_without_the_host_bpffs_is_refused() {
+    // A container's view: its own PID namespace (the agent is PID 1 there)
+    // and a mount namespace of its own, with no bpffs at the pin path.
+    let topo = Topology::new(1);
+    let not_bpffs = std::env::temp_dir().join(format!("mirror-no-bpffs-{}", std::process::id()));
+    std::fs::create_dir_all(&not_bpffs).unwrap();
+    let out = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--mount"])
+        .arg(mirror_tests::agent_bin())
+        .args(["-n", &topo.host.name, "--bpffs", not_bpffs.to_str().unwrap()])
+        .args(["attach", "--name", "m", "--source", "vc", "--dest", "vk0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "attach in a container without bpffs succeeded");
+    assert!(err.contains("runs in a container") && err.contains("hostPath"), "{err}");
+    assert!(std::fs::read_dir(&not_bpffs).unwrap().next().is_none(), "something was written");
+    assert!(tcx_programs(&topo.host, "vc", TcAttachType::Ingress).is_empty());
+    std::fs::remove_dir(&not_bpffs).unwrap();
+}
+
+#[test]
 fn sessions_in_different_namespaces_do_not_collide() {
     let one = Topology::new(1);
     let two = Topology::new(1);
