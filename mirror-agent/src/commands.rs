@@ -112,7 +112,8 @@ pub fn attach(ctx: &Context, args: &AttachArgs) -> Result<()> {
             .map_or(0, |d| d.as_secs()),
         ..SessionConfig::EMPTY
     };
-    if let Some(existing) = Store::open(layout)? {
+    let existing = Store::open(layout)?;
+    if let Some(existing) = &existing {
         if existing.find(&args.name)?.is_some() {
             return Err(InputError::DuplicateSession(args.name.clone()).into());
         }
@@ -120,7 +121,10 @@ pub fn attach(ctx: &Context, args: &AttachArgs) -> Result<()> {
     }
 
     // 3. Change: session first, then its destination hook, then sources.
-    let mut store = Store::open_or_create(layout)?;
+    let mut store = match existing {
+        Some(store) => store,
+        None => Store::open_or_create(layout)?,
+    };
     let id = store.insert_session(&config)?;
     let ifindexes: Vec<u32> = sources.iter().map(|(_, i)| *i).collect();
     let result = hooks::reconcile(&store, layout, ctx.mode)

@@ -50,6 +50,20 @@ pub enum HookKind {
 impl HookKind {
     const ALL: [Self; 3] = [Self::SrcIngress, Self::SrcEgress, Self::DstEgress];
 
+    /// The source hook of a direction.
+    fn source(direction: u32) -> Self {
+        if direction == direction::INGRESS { Self::SrcIngress } else { Self::SrcEgress }
+    }
+
+    /// The direction a source hook taps; `None` for the destination hook.
+    fn source_direction(self) -> Option<u32> {
+        match self {
+            Self::SrcIngress => Some(direction::INGRESS),
+            Self::SrcEgress => Some(direction::EGRESS),
+            Self::DstEgress => None,
+        }
+    }
+
     fn pin_prefix(self) -> &'static str {
         match self {
             Self::SrcIngress => "src-ingress",
@@ -179,9 +193,7 @@ fn attached_in(dir: &std::path::Path) -> Result<Vec<Attached>> {
 fn desired(store: &Store) -> Result<BTreeSet<Hook>> {
     let mut hooks = BTreeSet::new();
     for (key, _) in store.source_hooks()? {
-        let kind =
-            if key.direction == direction::INGRESS { HookKind::SrcIngress } else { HookKind::SrcEgress };
-        hooks.insert(Hook { kind, ifindex: key.ifindex });
+        hooks.insert(Hook { kind: HookKind::source(key.direction), ifindex: key.ifindex });
     }
     for session in store.sessions()? {
         if session.config.snaplen != 0 {
@@ -230,15 +242,10 @@ impl Hook {
 
     /// Whether this hook serves `session`.
     pub fn serves(&self, session: &crate::store::Session) -> bool {
-        match self.kind {
-            HookKind::DstEgress => session.config.snaplen != 0 && session.config.dest_ifindex == self.ifindex,
-            HookKind::SrcIngress => {
-                session.config.direction_mask & direction::INGRESS_BIT != 0
-                    && session.sources.contains(&self.ifindex)
-            }
-            HookKind::SrcEgress => {
-                session.config.direction_mask & direction::EGRESS_BIT != 0
-                    && session.sources.contains(&self.ifindex)
+        match self.kind.source_direction() {
+            None => session.config.snaplen != 0 && session.config.dest_ifindex == self.ifindex,
+            Some(dir) => {
+                session.config.direction_mask & (1 << dir) != 0 && session.sources.contains(&self.ifindex)
             }
         }
     }
@@ -247,9 +254,19 @@ impl Hook {
 /// Detaches every hook the maps no longer need, and attaches nothing: what
 /// `detach` runs, so that removing a session never depends on hooking others.
 pub fn detach_unneeded(store: &Store, layout: &Layout) -> Result<()> {
-    let want = desired(store)?;
-    for a in attached(layout)?.iter().filter(|a| !want.contains(&a.hook)) {
-        detach(a, &want)?;
+    detach_all_but(&desired(store)?, layout, false)
+}
+
+/// Detaches every pinned hook not in `want`; with `repair`, also unpins the
+/// wanted ones that are no longer in their hook (so they get attached again).
+fn detach_all_but(want: &BTreeSet<Hook>, layout: &Layout, repair: bool) -> Result<()> {
+    for a in attached(layout)? {
+        if !want.contains(&a.hook) {
+            detach(&a, want)?;
+        } else if repair && !is_live(&a) {
+            tracing::warn!(hook = %a.hook.describe(), "hook was detached behind our back; re-attaching");
+            detach(&a, want)?;
+        }
     }
     Ok(())
 }
@@ -257,14 +274,8 @@ pub fn detach_unneeded(store: &Store, layout: &Layout) -> Result<()> {
 /// Brings the attachments in line with the maps. Detaches first, so that a
 /// removed session stops costing anything even if a later attach fails.
 pub fn reconcile(store: &Store, layout: &Layout, mode: AttachMode) -> Result<()> {
-    detach_unneeded(store, layout)?;
     let want = desired(store)?;
-    // A pinned link that is no longer in its hook is repaired: unpinned here,
-    // attached again below.
-    for a in attached(layout)?.iter().filter(|a| want.contains(&a.hook) && !is_live(a)) {
-        tracing::warn!(hook = %a.hook.describe(), "hook was detached behind our back; re-attaching");
-        detach(a, &want)?;
-    }
+    detach_all_but(&want, layout, true)?;
     let have = attached(layout)?;
     let present: BTreeSet<Hook> = have.iter().map(|a| a.hook).collect();
     let missing: Vec<Hook> = want

@@ -76,27 +76,23 @@ impl Netns {
         assert_eq!(rc, 0, "setns {}: {}", self.name, std::io::Error::last_os_error());
     }
 
+    /// `ip [-s] -j link show dev`: the interface's JSON object.
+    fn link(&self, dev: &str, stats: bool) -> serde_json::Value {
+        let args: &[&str] =
+            if stats { &["-s", "-j", "link", "show", dev] } else { &["-j", "link", "show", dev] };
+        let mut v: serde_json::Value = serde_json::from_str(&self.ip(args)).expect("ip -j output");
+        v[0].take()
+    }
+
     /// ifindex of `dev` in this namespace.
     pub fn ifindex(&self, dev: &str) -> u32 {
-        let out = self.ip(&["-j", "link", "show", dev]);
-        let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j output");
-        v[0]["ifindex"].as_u64().expect("ifindex") as u32
+        self.link(dev, false)["ifindex"].as_u64().expect("ifindex") as u32
     }
 
     /// (rx_packets, tx_packets) of `dev`.
     pub fn link_packets(&self, dev: &str) -> (u64, u64) {
-        let out = self.ip(&["-s", "-j", "link", "show", dev]);
-        let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j output");
-        let s = &v[0]["stats64"];
+        let s = &self.link(dev, true)["stats64"];
         (s["rx"]["packets"].as_u64().expect("rx"), s["tx"]["packets"].as_u64().expect("tx"))
-    }
-
-    /// Frames `dev` transmitted or dropped on transmit.
-    pub fn link_tx_attempts(&self, dev: &str) -> u64 {
-        let out = self.ip(&["-s", "-j", "link", "show", dev]);
-        let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j output");
-        let tx = &v[0]["stats64"]["tx"];
-        tx["packets"].as_u64().expect("tx") + tx["dropped"].as_u64().expect("tx dropped")
     }
 
     /// Cookie of the namespace (names the agent's bpffs directory).
