@@ -118,6 +118,8 @@ pub fn attach(ctx: &Context, args: &AttachArgs) -> Result<()> {
             return Err(InputError::DuplicateSession(args.name.clone()).into());
         }
         existing.check_capacity(&sources, config.direction_mask)?;
+    } else {
+        store::check_hook_count(0, sources.len() * store::directions(config.direction_mask).count())?;
     }
 
     // 3. Change: session first, then its destination hook, then sources.

@@ -22,6 +22,8 @@ pub enum InputError {
     UnknownSession(String),
     #[error("source {source_name:?} ({direction}) already feeds {max} sessions, the most one source can feed", max = mirror_common::MAX_SESSIONS_PER_SOURCE)]
     SourceFull { source_name: String, direction: &'static str },
+    #[error("this session would add {new} source hooks to the {existing} in use; a network namespace holds at most {max}", max = mirror_common::MAX_SOURCE_HOOKS)]
+    TooManySourceHooks { existing: usize, new: usize },
     #[error("all {} session slots are in use", mirror_common::MAX_SESSIONS - 1)]
     SessionTableFull,
     #[error("network namespace {name:?} not found (looked for {path})")]

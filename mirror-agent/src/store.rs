@@ -1,6 +1,11 @@
 //! Session state, kept entirely in the pinned maps: bpffs is the single
 //! source of truth, so any later invocation sees what an earlier one did.
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -9,8 +14,9 @@ use aya::{
     util::nr_cpus,
 };
 use mirror_common::{
-    Counter, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, SESSION_NAME_LEN, SessionConfig, SessionSlot,
-    SourceEntry, SourceKey, counter_index, direction, names, reason,
+    Counter, EntryRef, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, MAX_SOURCE_HOOKS, NO_ENTRY, SESSION_NAME_LEN,
+    SOURCE_ENTRY_COUNT, SessionConfig, SessionSlot, SourceEntry, SourceKey, counter_index, direction, names,
+    reason, source_index,
 };
 
 use crate::{bpffs::Layout, error::InputError};
@@ -87,26 +93,104 @@ fn wait_for_running_programs() -> Result<()> {
     Ok(())
 }
 
-/// Typed handles on the three pinned maps.
+/// `SOURCE_INDEX`, mapped into this process (the map is `BPF_F_MMAPABLE`):
+/// a cell is published with one atomic store, so a program reading it
+/// concurrently sees the old or the new reference, never a mix.
+struct IndexMapping {
+    cells: NonNull<AtomicU64>,
+    /// Keeps the map (and so the mapping's backing) open.
+    _map: MapData,
+}
+
+const INDEX_BYTES: usize = source_index::CELLS as usize * size_of::<AtomicU64>();
+
+impl IndexMapping {
+    fn new(map: MapData) -> Result<Self> {
+        // SAFETY: a fresh shared mapping of the map's fd; no pointer of ours
+        // is passed in. An mmapable array's elements are 8 bytes apart,
+        // from offset 0, as `EntryRef` is.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                INDEX_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context(format!(
+                "mapping {} (pinned by an older build? `detach --all` with it first)",
+                names::SOURCE_INDEX
+            ));
+        }
+        let cells = NonNull::new(ptr.cast::<AtomicU64>()).context("mmap returned NULL")?;
+        Ok(Self { cells, _map: map })
+    }
+
+    fn cell(&self, cell: u32) -> &AtomicU64 {
+        assert!(cell < source_index::CELLS, "index cell {cell} out of range");
+        // SAFETY: in bounds of the mapping (checked above), which lives as
+        // long as `self`; the kernel side only reads it.
+        unsafe { &*self.cells.as_ptr().add(cell as usize) }
+    }
+}
+
+impl Drop for IndexMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped; no reference to it
+        // outlives `self`.
+        unsafe { libc::munmap(self.cells.as_ptr().cast(), INDEX_BYTES) };
+    }
+}
+
+/// Where a hook's entry is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// In its `SOURCE_INDEX` cell.
+    Cell,
+    /// In `SOURCE_OVERFLOW`: the cell belongs to another ifindex.
+    Overflow,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Hook {
+    place: Place,
+    /// Number of its `SOURCE_ENTRIES` element.
+    entry: u32,
+}
+
+fn entry_ref(entry: u32) -> EntryRef {
+    EntryRef::from(entry) + 1
+}
+
+/// Typed handles on the pinned maps.
 ///
-/// Map elements freed by an update or delete can be handed out again by the
-/// very next update (preallocated hash elements are recycled at once; array
-/// slots are rewritten in place), while a program that looked them up may
-/// still be reading them. So no write that fills an element follows a free,
-/// or reuses a session id, without an RCU grace period in between: programs
-/// always see a whole old or a whole new entry, never another key's.
+/// A hook's entry is never rewritten in place: a change writes a free
+/// `SOURCE_ENTRIES` element and then publishes it (one atomic store), so
+/// programs read a whole old or a whole new entry. An element unpublished
+/// (and a session id freed) may still be read by a program that started
+/// before; it is written again only after an RCU grace period. Entries being
+/// twice as many as hooks, a batch of changes needs at most one such wait.
 pub struct Store {
-    sources: HashMap<MapData, SourceKey, SourceEntry>,
+    index: IndexMapping,
+    overflow: HashMap<MapData, SourceKey, EntryRef>,
+    entries: Array<MapData, SourceEntry>,
     sessions: Array<MapData, SessionConfig>,
     counters: PerCpuArray<MapData, Counter>,
-    /// Something may have been freed (here, or by an earlier invocation)
-    /// since the last grace period.
+    /// Every hook, as published.
+    hooks: BTreeMap<SourceKey, Hook>,
+    /// Per `SOURCE_ENTRIES` element: published, or unpublished since the
+    /// last grace period (here, or by an earlier invocation: at open, all).
+    busy: Vec<bool>,
+    /// A session slot may have been freed since the last grace period.
     freed_since_grace_period: bool,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
+        f.debug_struct("Store").field("hooks", &self.hooks.len()).finish_non_exhaustive()
     }
 }
 
@@ -121,19 +205,52 @@ fn open_pinned(layout: &Layout, name: &str) -> Result<Option<MapData>> {
 impl Store {
     /// Opens the namespace's maps; `None` if no session was ever created there.
     pub fn open(layout: &Layout) -> Result<Option<Self>> {
-        let (Some(sources), Some(sessions), Some(counters)) = (
-            open_pinned(layout, names::SOURCES)?,
-            open_pinned(layout, names::SESSIONS)?,
-            open_pinned(layout, names::COUNTERS)?,
-        ) else {
-            return Ok(None);
-        };
-        Ok(Some(Self {
-            sources: HashMap::try_from(Map::HashMap(sources))?,
+        let mut maps = Vec::new();
+        for name in [
+            names::SOURCE_INDEX,
+            names::SOURCE_OVERFLOW,
+            names::SOURCE_ENTRIES,
+            names::SESSIONS,
+            names::COUNTERS,
+        ] {
+            match open_pinned(layout, name)? {
+                Some(m) => maps.push(m),
+                None => return Ok(None),
+            }
+        }
+        let [index, overflow, entries, sessions, counters] =
+            <[MapData; 5]>::try_from(maps).expect("five maps");
+        let mut store = Self {
+            index: IndexMapping::new(index)?,
+            overflow: HashMap::try_from(Map::HashMap(overflow))?,
+            entries: Array::try_from(Map::Array(entries))?,
             sessions: Array::try_from(Map::Array(sessions))?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(counters))?,
+            hooks: BTreeMap::new(),
+            busy: vec![true; SOURCE_ENTRY_COUNT as usize],
             freed_since_grace_period: true,
-        }))
+        };
+        store.load_hooks()?;
+        Ok(Some(store))
+    }
+
+    /// Reads back which hooks are published where.
+    fn load_hooks(&mut self) -> Result<()> {
+        let entry_of = |r: EntryRef| -> Option<u32> {
+            (r != NO_ENTRY && r <= EntryRef::from(SOURCE_ENTRY_COUNT)).then(|| (r - 1) as u32)
+        };
+        for cell in 0..source_index::CELLS {
+            let Some(entry) = entry_of(self.index.cell(cell).load(Ordering::Acquire)) else { continue };
+            let hook = self.entries.get(&entry, 0).context("reading SOURCE_ENTRIES")?.hook;
+            self.hooks.insert(hook, Hook { place: Place::Cell, entry });
+        }
+        for item in self.overflow.iter() {
+            let (key, r) = item.context("reading SOURCE_OVERFLOW")?;
+            if let Some(entry) = entry_of(r) {
+                self.hooks.insert(key, Hook { place: Place::Overflow, entry });
+            }
+        }
+        Ok(())
     }
 
     /// Waits for every program run that may still use what was just removed
@@ -141,16 +258,75 @@ impl Store {
     pub fn wait_for_readers(&mut self) -> Result<()> {
         wait_for_running_programs()?;
         self.freed_since_grace_period = false;
+        self.busy.fill(false);
+        for hook in self.hooks.values() {
+            self.busy[hook.entry as usize] = true;
+        }
         Ok(())
     }
 
-    /// Call before any write that fills a map element.
+    /// Call before any write that fills a session slot.
     fn before_fill(&mut self) -> Result<()> {
         if self.freed_since_grace_period {
-            wait_for_running_programs()?;
-            self.freed_since_grace_period = false;
+            self.wait_for_readers()?;
         }
         Ok(())
+    }
+
+    /// A `SOURCE_ENTRIES` element no program can be reading.
+    fn free_entry(&mut self) -> Result<u32> {
+        let find = |busy: &[bool]| busy.iter().position(|b| !b);
+        let found = match find(&self.busy) {
+            Some(e) => e,
+            None => {
+                self.wait_for_readers()?;
+                find(&self.busy).context("SOURCE_ENTRIES is full")?
+            }
+        };
+        self.busy[found] = true;
+        Ok(found as u32)
+    }
+
+    /// Publishes `entry` as the sessions of `key` (a new hook or a change).
+    fn set_hook(&mut self, key: SourceKey, mut entry: SourceEntry) -> Result<()> {
+        entry.hook = key;
+        let number = self.free_entry()?;
+        self.entries.set(number, entry, 0).context("writing SOURCE_ENTRIES")?;
+        let cell = self.index.cell(source_index::cell(key.ifindex, key.direction));
+        let place = match self.hooks.get(&key) {
+            Some(hook) => hook.place,
+            None if cell.load(Ordering::Acquire) == NO_ENTRY => Place::Cell,
+            None => Place::Overflow,
+        };
+        match place {
+            Place::Cell => cell.store(entry_ref(number), Ordering::Release),
+            Place::Overflow => {
+                self.overflow.insert(key, entry_ref(number), 0).context("writing SOURCE_OVERFLOW")?;
+            }
+        }
+        // The previous entry stays busy until the next grace period.
+        self.hooks.insert(key, Hook { place, entry: number });
+        Ok(())
+    }
+
+    /// Unpublishes hook `key`.
+    fn remove_hook(&mut self, key: SourceKey) -> Result<()> {
+        let Some(hook) = self.hooks.remove(&key) else { return Ok(()) };
+        match hook.place {
+            Place::Cell => self
+                .index
+                .cell(source_index::cell(key.ifindex, key.direction))
+                .store(NO_ENTRY, Ordering::Release),
+            Place::Overflow => self.overflow.remove(&key).context("deleting from SOURCE_OVERFLOW")?,
+        }
+        Ok(())
+    }
+
+    fn hook_entry(&self, key: &SourceKey) -> Result<Option<SourceEntry>> {
+        self.hooks
+            .get(key)
+            .map(|h| self.entries.get(&h.entry, 0).context("reading SOURCE_ENTRIES"))
+            .transpose()
     }
 
     /// Opens the maps, creating and pinning them first if needed.
@@ -171,8 +347,7 @@ impl Store {
                 by_id.insert(id, Session { id, config, sources: Vec::new() });
             }
         }
-        for item in self.sources.iter() {
-            let (key, entry) = item.context("reading SOURCES")?;
+        for (key, entry) in self.source_hooks()? {
             for slot in &entry.slots[..entry.slot_count as usize] {
                 if let Some(s) = by_id.get_mut(&slot.session_id)
                     && !s.sources.contains(&key.ifindex)
@@ -186,7 +361,10 @@ impl Store {
 
     /// Every (source, direction) hook with its entry.
     pub fn source_hooks(&self) -> Result<Vec<(SourceKey, SourceEntry)>> {
-        self.sources.iter().map(|r| r.context("reading SOURCES")).collect()
+        self.hooks
+            .iter()
+            .map(|(key, h)| Ok((*key, self.entries.get(&h.entry, 0).context("reading SOURCE_ENTRIES")?)))
+            .collect()
     }
 
     pub fn find(&self, name: &str) -> Result<Option<Session>> {
@@ -202,23 +380,27 @@ impl Store {
         Err(InputError::SessionTableFull.into())
     }
 
-    /// Checks that every (source, direction) can take one more session.
+    /// Checks that every (source, direction) can take one more session, and
+    /// the namespace the hooks that would be new.
     pub fn check_capacity(&self, sources: &[(String, u32)], direction_mask: u32) -> Result<()> {
+        let mut new_hooks = 0;
         for (name, ifindex) in sources {
             for dir in directions(direction_mask) {
                 let key = SourceKey { ifindex: *ifindex, direction: dir };
-                if let Ok(entry) = self.sources.get(&key, 0)
-                    && entry.slot_count as usize >= MAX_SESSIONS_PER_SOURCE
-                {
-                    return Err(InputError::SourceFull {
-                        source_name: name.clone(),
-                        direction: direction_name(dir),
+                match self.hook_entry(&key)? {
+                    Some(entry) if entry.slot_count as usize >= MAX_SESSIONS_PER_SOURCE => {
+                        return Err(InputError::SourceFull {
+                            source_name: name.clone(),
+                            direction: direction_name(dir),
+                        }
+                        .into());
                     }
-                    .into());
+                    Some(_) => {}
+                    None => new_hooks += 1,
                 }
             }
         }
-        Ok(())
+        check_hook_count(self.hooks.len(), new_hooks)
     }
 
     /// Writes the session's configuration (with fresh counters) and returns
@@ -243,12 +425,7 @@ impl Store {
         for &ifindex in sources {
             for dir in directions(config.direction_mask) {
                 let key = SourceKey { ifindex, direction: dir };
-                let existing = match self.sources.get(&key, 0) {
-                    Ok(entry) => Some(entry),
-                    Err(MapError::KeyNotFound) => None,
-                    Err(e) => return Err(e).context("reading SOURCES"),
-                };
-                let mut entry = existing.unwrap_or_default();
+                let mut entry = self.hook_entry(&key)?.unwrap_or_default();
                 let n = entry.slot_count as usize;
                 anyhow::ensure!(n < MAX_SESSIONS_PER_SOURCE, "source {ifindex} is full");
                 entry.slots[n] = SessionSlot {
@@ -258,10 +435,7 @@ impl Store {
                     flags: 0,
                 };
                 entry.slot_count += 1;
-                self.before_fill()?;
-                self.sources.insert(key, entry, 0).context("writing SOURCES")?;
-                // Replacing an entry frees the old element; a new key frees nothing.
-                self.freed_since_grace_period |= existing.is_some();
+                self.set_hook(key, entry)?;
             }
         }
         Ok(())
@@ -279,14 +453,12 @@ impl Store {
                 continue;
             }
             if kept.is_empty() {
-                self.sources.remove(&key).context("deleting from SOURCES")?;
+                self.remove_hook(key)?;
             } else {
                 let mut new = SourceEntry { slot_count: kept.len() as u32, ..Default::default() };
                 new.slots[..kept.len()].copy_from_slice(&kept);
-                self.before_fill()?;
-                self.sources.insert(key, new, 0).context("writing SOURCES")?;
+                self.set_hook(key, new)?;
             }
-            self.freed_since_grace_period = true;
         }
         Ok(())
     }
@@ -323,6 +495,14 @@ pub fn matched(counters: &ReasonCounters) -> Counter {
         m.bytes += counters[r as usize].bytes;
     }
     m
+}
+
+/// Checks that `new` more hooks fit next to `existing` ones.
+pub fn check_hook_count(existing: usize, new: usize) -> Result<()> {
+    if existing + new > MAX_SOURCE_HOOKS as usize {
+        return Err(InputError::TooManySourceHooks { existing, new }.into());
+    }
+    Ok(())
 }
 
 /// The directions set in a session's direction mask.

@@ -123,6 +123,44 @@ pub const GLOBAL_SESSION_ID: u32 = 0;
 pub const MAX_SESSIONS_PER_SOURCE: usize = 8;
 /// (source ifindex, direction) hooks one network namespace can hold.
 pub const MAX_SOURCE_HOOKS: u32 = 16384;
+
+/// How a source hook finds its sessions: `SOURCE_INDEX` (an array, so the
+/// lookup is a few inlined instructions instead of a hash) holds, per
+/// direction, one cell per value of the ifindex's low [`SOURCE_INDEX_BITS`]
+/// bits. A cell holds an [`EntryRef`] into `SOURCE_ENTRIES`, whose entry
+/// names the hook it belongs to; a hook whose cell is taken by another
+/// ifindex with the same low bits lives in the `SOURCE_OVERFLOW` hash instead.
+pub mod source_index {
+    use super::direction;
+
+    /// Low ifindex bits that select a cell.
+    pub const BITS: u32 = 16;
+    /// Cells per direction.
+    pub const CELLS_PER_DIRECTION: u32 = 1 << BITS;
+    /// `SOURCE_INDEX` entries.
+    pub const CELLS: u32 = CELLS_PER_DIRECTION * direction::COUNT;
+    /// Map flag `BPF_F_MMAPABLE`: the agent publishes a cell with one atomic
+    /// store through a shared mapping, so a program never reads a torn value.
+    pub const MAP_FLAGS: u32 = 1 << 10;
+
+    /// The cell of `(ifindex, direction)`.
+    #[inline(always)]
+    pub const fn cell(ifindex: u32, direction: u32) -> u32 {
+        (direction << BITS) | (ifindex & (CELLS_PER_DIRECTION - 1))
+    }
+}
+
+/// `SOURCE_ENTRIES` size: two per hook, so that a hook's entry is replaced by
+/// writing a free one and publishing it, never by rewriting the one that
+/// programs may be reading.
+pub const SOURCE_ENTRY_COUNT: u32 = 2 * MAX_SOURCE_HOOKS;
+
+/// A reference to a `SOURCE_ENTRIES` element as stored in `SOURCE_INDEX` and
+/// `SOURCE_OVERFLOW`: entry number + 1, so that 0 (a zeroed cell) is "none".
+/// 64 bits wide because an mmapable array's stride is 8 bytes.
+pub type EntryRef = u64;
+/// No entry.
+pub const NO_ENTRY: EntryRef = 0;
 /// Session names are stored NUL-padded in the session map.
 pub const SESSION_NAME_LEN: usize = 32;
 /// `COUNTERS` entries: one per (session, direction, reason).
@@ -168,9 +206,9 @@ pub const fn counter_index(session_id: u32, direction: u32, reason: u32) -> u32 
     (session_id * direction::COUNT + direction) * reason::COUNT + reason
 }
 
-/// `SOURCES` key: one hook of one source interface.
+/// One hook of one source interface (the `SOURCE_OVERFLOW` key).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SourceKey {
     pub ifindex: u32,
     /// [`direction::INGRESS`] or [`direction::EGRESS`].
@@ -179,7 +217,7 @@ pub struct SourceKey {
 const _: () = assert!(size_of::<SourceKey>() == 8);
 
 /// One session fed by a source hook: everything the hot path needs, so a
-/// packet costs a single hash lookup however many sessions it feeds.
+/// packet costs one index lookup however many sessions it feeds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SessionSlot {
@@ -192,16 +230,20 @@ pub struct SessionSlot {
 }
 const _: () = assert!(size_of::<SessionSlot>() == 16);
 
-/// `SOURCES` value: the sessions one (source, direction) feeds, in order.
+/// `SOURCE_ENTRIES` element: the sessions one (source, direction) feeds, in
+/// order. It names its hook, so a program that reached it through a cell
+/// shared by several ifindexes (or a stale reference) can tell.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceEntry {
+    /// The hook this entry belongs to.
+    pub hook: SourceKey,
     /// Valid entries at the front of `slots`.
     pub slot_count: u32,
     pub _pad: u32,
     pub slots: [SessionSlot; MAX_SESSIONS_PER_SOURCE],
 }
-const _: () = assert!(size_of::<SourceEntry>() == 8 + 16 * MAX_SESSIONS_PER_SOURCE);
+const _: () = assert!(size_of::<SourceEntry>() == 16 + 16 * MAX_SESSIONS_PER_SOURCE);
 
 /// `SESSIONS` value, indexed by session id. An all-zero entry is free.
 ///
@@ -268,13 +310,16 @@ const _: () = assert!(size_of::<Counter>() == 16);
 
 /// Names of the pinned maps and programs: the agent finds them by these.
 pub mod names {
-    pub const SOURCES: &str = "SOURCES";
+    pub const SOURCE_INDEX: &str = "SOURCE_INDEX";
+    pub const SOURCE_ENTRIES: &str = "SOURCE_ENTRIES";
+    pub const SOURCE_OVERFLOW: &str = "SOURCE_OVERFLOW";
     pub const SESSIONS: &str = "SESSIONS";
     pub const COUNTERS: &str = "COUNTERS";
     /// Per-CPU scratch: the destination hook's verdict on the copy in flight.
     pub const CUT_VERDICT: &str = "CUT_VERDICT";
     /// Every map the programs pin (removed with the last session).
-    pub const PINNED_MAPS: [&str; 4] = [SOURCES, SESSIONS, COUNTERS, CUT_VERDICT];
+    pub const PINNED_MAPS: [&str; 6] =
+        [SOURCE_INDEX, SOURCE_ENTRIES, SOURCE_OVERFLOW, SESSIONS, COUNTERS, CUT_VERDICT];
     /// Attached at tc ingress of a source interface.
     pub const PROG_SRC_INGRESS: &str = "mirror_src_ingress";
     /// Attached at tc egress of a source interface.
@@ -317,6 +362,16 @@ mod tests {
         assert_eq!(counter_index(0, 0, reason::COUNT - 1) + 1, counter_index(0, 1, 0));
         let last = counter_index(MAX_SESSIONS - 1, direction::EGRESS, reason::COUNT - 1);
         assert_eq!(last, COUNTER_SLOTS - 1);
+    }
+
+    #[test]
+    fn source_index_cells_are_per_direction_and_in_range() {
+        use source_index::{CELLS, CELLS_PER_DIRECTION, cell};
+        assert_eq!(cell(7, direction::INGRESS), 7);
+        assert_eq!(cell(7, direction::EGRESS), CELLS_PER_DIRECTION + 7);
+        // Ifindexes that share their low bits share a cell.
+        assert_eq!(cell(7 + CELLS_PER_DIRECTION, direction::INGRESS), 7);
+        assert_eq!(cell(u32::MAX, direction::EGRESS), CELLS - 1);
     }
 
     #[test]

@@ -4,15 +4,18 @@
 //!   disposing of packets does not swamp what is measured;
 //! - `bench_softirq_entry`/`_exit`: on the raw tracepoints
 //!   `irq:softirq_entry`/`softirq_exit`, add up the time each CPU spends in
-//!   NET_RX softirq, exactly (the VM has no PMU; /proc/stat is tick-sampled).
+//!   NET_RX softirq, exactly (the VM has no PMU; /proc/stat is tick-sampled);
+//! - `bench_clone_floor`: the least a BPF mirror can do, one
+//!   `bpf_clone_redirect` to a load-time constant: the floor of the mechanism,
+//!   against which the agent's own program cost is read.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        bindings::TC_ACT_SHOT,
-        helpers::generated::bpf_ktime_get_ns,
+        bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+        helpers::generated::{bpf_clone_redirect, bpf_ktime_get_ns},
         macros::{classifier, map, raw_tracepoint},
         maps::PerCpuArray,
         programs::{RawTracePointContext, TcContext},
@@ -38,6 +41,20 @@ mod programs {
             unsafe { *n += 1 };
         }
         TC_ACT_SHOT
+    }
+
+    /// Destination of `bench_clone_floor`, set at load time.
+    #[unsafe(no_mangle)]
+    static FLOOR_DEST_IFINDEX: u32 = 0;
+
+    #[classifier]
+    pub fn bench_clone_floor(ctx: TcContext) -> i32 {
+        // SAFETY: a load-time constant; the volatile read keeps the compiler
+        // from folding the placeholder 0.
+        let dest = unsafe { core::ptr::read_volatile(&FLOOR_DEST_IFINDEX) };
+        // SAFETY: helper call with the program's own context.
+        unsafe { bpf_clone_redirect(ctx.skb.skb, dest, 0) };
+        TC_ACT_UNSPEC
     }
 
     #[raw_tracepoint(tracepoint = "softirq_entry")]

@@ -6,13 +6,24 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use mirror_common::{
-    COUNTER_SLOTS, Counter, GLOBAL_SESSION_ID, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, MAX_SOURCE_HOOKS,
-    SessionConfig, SourceEntry, SourceKey, copy_mark, counter_index, direction, reason,
+    COUNTER_SLOTS, Counter, EntryRef, GLOBAL_SESSION_ID, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
+    MAX_SOURCE_HOOKS, NO_ENTRY, SOURCE_ENTRY_COUNT, SessionConfig, SourceEntry, SourceKey, copy_mark,
+    counter_index, direction, reason, source_index,
 };
 
-/// (source ifindex, direction) → the sessions that hook feeds.
+/// (ifindex low bits, direction) → the hook's entry; the hot path's only
+/// lookup of its own, an array access the verifier inlines.
 #[map]
-static SOURCES: HashMap<SourceKey, SourceEntry> = HashMap::pinned(MAX_SOURCE_HOOKS, 0);
+static SOURCE_INDEX: Array<EntryRef> = Array::pinned(source_index::CELLS, source_index::MAP_FLAGS);
+
+/// Hooks whose index cell another ifindex holds: looked up only on a miss.
+#[map]
+static SOURCE_OVERFLOW: HashMap<SourceKey, EntryRef> = HashMap::pinned(MAX_SOURCE_HOOKS, 0);
+
+/// The sessions each hook feeds. Never rewritten while referenced: the agent
+/// writes a free entry, then publishes it.
+#[map]
+static SOURCE_ENTRIES: Array<SourceEntry> = Array::pinned(SOURCE_ENTRY_COUNT, 0);
 
 /// Session id → configuration; read here for the snap length of copies.
 #[map]
@@ -101,13 +112,12 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
         count(GLOBAL_SESSION_ID, direction, reason::COPY_NOT_REMIRRORED, len);
         return;
     }
-    let key = SourceKey { ifindex, direction };
-    let Some(entry) = SOURCES.get_ptr(key) else {
+    let Some(entry) = source_entry(ifindex, direction) else {
         count(GLOBAL_SESSION_ID, direction, reason::NO_SESSION, len);
         return;
     };
-    // SAFETY: a hash map value stays valid for the whole program run (RCU);
-    // an agent update swaps in a new element and frees the old one later.
+    // SAFETY: array elements live as long as the map; the agent rewrites an
+    // entry only after an RCU grace period since it was last published.
     let slot_count = unsafe { (*entry).slot_count };
 
     for i in 0..MAX_SESSIONS_PER_SOURCE {
@@ -145,6 +155,33 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
         }
     }
     ctx.set_mark(mark);
+}
+
+/// The entry of hook `(ifindex, direction)`: its index cell if the cell is
+/// its own, else the overflow hash.
+#[inline(always)]
+fn source_entry(ifindex: u32, direction: u32) -> Option<*const SourceEntry> {
+    let hook = SourceKey { ifindex, direction };
+    // An 8-byte aligned load: the agent publishes cells with one atomic store.
+    let cell = SOURCE_INDEX.get(source_index::cell(ifindex, direction)).copied().unwrap_or(NO_ENTRY);
+    if let Some(entry) = entry_of(cell, hook) {
+        return Some(entry);
+    }
+    // SAFETY: hash values stay valid for the program run (RCU).
+    let overflow = unsafe { SOURCE_OVERFLOW.get(hook) }.copied().unwrap_or(NO_ENTRY);
+    entry_of(overflow, hook)
+}
+
+/// The entry `r` refers to, if it belongs to `hook`.
+#[inline(always)]
+fn entry_of(r: EntryRef, hook: SourceKey) -> Option<*const SourceEntry> {
+    if r == NO_ENTRY {
+        return None;
+    }
+    let entry = SOURCE_ENTRIES.get_ptr((r - 1) as u32)?;
+    // SAFETY: pointer from a successful array lookup.
+    let owner = unsafe { (*entry).hook };
+    (owner == hook).then_some(entry)
 }
 
 #[inline(always)]

@@ -163,6 +163,87 @@ fn thousand_sources_and_eight_sessions_per_source() {
     agent.ok(&["detach", "--all"]);
 }
 
+/// Ifindexes that share their low 16 bits share a cell of the source index;
+/// the second hook lives in the overflow hash. Each source must still feed
+/// its own session only, whichever holds the cell, and after either leaves.
+#[test]
+fn sources_sharing_an_index_cell_each_feed_their_own_session() {
+    const FAR_IP: &str = "198.18.4.254";
+    let topo = Topology::new(2);
+    let agent = topo.agent();
+    // "far" (host) ↔ eth1 (client), with an ifindex in vc's cell.
+    let far_index = topo.host.ifindex("vc") + (1 << 16);
+    topo.host.ip(&[
+        "link",
+        "add",
+        "far",
+        "index",
+        &far_index.to_string(),
+        "address",
+        "02:00:c6:12:04:fe",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth1",
+        "address",
+        "02:00:c6:12:04:01",
+        "netns",
+        &topo.client.name,
+    ]);
+    topo.host.ip(&["addr", "add", &format!("{FAR_IP}/24"), "dev", "far"]);
+    topo.host.ip(&["link", "set", "far", "multicast", "off", "up"]);
+    topo.host.ip(&[
+        "neigh",
+        "add",
+        "198.18.4.1",
+        "lladdr",
+        "02:00:c6:12:04:01",
+        "dev",
+        "far",
+        "nud",
+        "permanent",
+    ]);
+    topo.client.ip(&["addr", "add", "198.18.4.1/24", "dev", "eth1"]);
+    topo.client.ip(&["link", "set", "eth1", "multicast", "off", "up"]);
+    topo.client.ip(&[
+        "neigh",
+        "add",
+        FAR_IP,
+        "lladdr",
+        "02:00:c6:12:04:fe",
+        "dev",
+        "eth1",
+        "nud",
+        "permanent",
+    ]);
+    assert_eq!(topo.host.ifindex("far"), far_index);
+
+    let attach = |name: &str, source: &str, dest: &str| {
+        agent.ok(&["attach", "--name", name, "--source", source, "--dest", dest, "--direction", "ingress"]);
+    };
+    // Pings over each path; returns the echo requests each collector got.
+    let requests_seen = || {
+        let caps = [Capture::start(&topo.collectors[0], "eth0"), Capture::start(&topo.collectors[1], "eth0")];
+        for dst in [SERVER_IP, FAR_IP] {
+            let r = ping(&topo.client, dst, 5);
+            assert_eq!(r.received, r.transmitted, "production traffic to {dst} lost: {r:?}");
+        }
+        caps.map(|c| count(&c.stop(), Frame::is_echo_request))
+    };
+
+    attach("far", "far", "vk1"); // takes the cell
+    attach("near", "vc", "vk0"); // goes to the overflow
+    assert_eq!(requests_seen(), [5, 5], "each source to its own collector");
+    agent.ok(&["detach", "far"]); // the cell empties; vc stays in the overflow
+    assert_eq!(requests_seen(), [5, 0]);
+    attach("far", "far", "vk1");
+    assert_eq!(requests_seen(), [5, 5]);
+    agent.ok(&["detach", "near"]);
+    assert_eq!(requests_seen(), [0, 5]);
+    agent.ok(&["detach", "--all"]);
+}
+
 #[test]
 fn snaplen_cuts_copies_and_leaves_originals_intact() {
     let topo = Topology::new(1);

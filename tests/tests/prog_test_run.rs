@@ -7,7 +7,8 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, TestRun as _, TestRunOptions},
 };
 use mirror_common::{
-    Counter, SessionConfig, SessionSlot, SourceEntry, SourceKey, copy_mark, counter_index, direction, reason,
+    Counter, EntryRef, SessionConfig, SessionSlot, SourceEntry, SourceKey, copy_mark, counter_index,
+    direction, reason, source_index,
 };
 use mirror_tests::{run_command, topology::Netns};
 
@@ -110,12 +111,32 @@ fn set_session_snaplen(ebpf: &mut Ebpf, snaplen: u32) {
     sessions.set(1, cfg, 0).unwrap();
 }
 
-fn set_source(ebpf: &mut Ebpf, src: u32, dest: u32, snaplen: u32) {
-    let mut sources: HashMap<_, SourceKey, SourceEntry> =
-        HashMap::try_from(ebpf.map_mut("SOURCES").unwrap()).unwrap();
-    let mut entry = SourceEntry { slot_count: 1, ..Default::default() };
+/// Writes entry `number` for `owner`: one session (id 1) copying to `dest`.
+fn set_entry(ebpf: &mut Ebpf, number: u32, owner: SourceKey, dest: u32, snaplen: u32) -> EntryRef {
+    let mut entries: Array<_, SourceEntry> =
+        Array::try_from(ebpf.map_mut("SOURCE_ENTRIES").unwrap()).unwrap();
+    let mut entry = SourceEntry { hook: owner, slot_count: 1, ..Default::default() };
     entry.slots[0] = SessionSlot { session_id: 1, dest_ifindex: dest, snaplen, flags: 0 };
-    sources.insert(SourceKey { ifindex: src, direction: direction::INGRESS }, entry, 0).unwrap();
+    entries.set(number, entry, 0).unwrap();
+    EntryRef::from(number) + 1
+}
+
+fn set_cell(ebpf: &mut Ebpf, hook: SourceKey, r: EntryRef) {
+    let mut index: Array<_, EntryRef> = Array::try_from(ebpf.map_mut("SOURCE_INDEX").unwrap()).unwrap();
+    index.set(source_index::cell(hook.ifindex, hook.direction), r, 0).unwrap();
+}
+
+fn set_overflow(ebpf: &mut Ebpf, hook: SourceKey, r: EntryRef) {
+    let mut overflow: HashMap<_, SourceKey, EntryRef> =
+        HashMap::try_from(ebpf.map_mut("SOURCE_OVERFLOW").unwrap()).unwrap();
+    overflow.insert(hook, r, 0).unwrap();
+}
+
+/// Source `src` (ingress) feeds session 1, published in its index cell.
+fn set_source(ebpf: &mut Ebpf, src: u32, dest: u32, snaplen: u32) {
+    let hook = SourceKey { ifindex: src, direction: direction::INGRESS };
+    let r = set_entry(ebpf, 0, hook, dest, snaplen);
+    set_cell(ebpf, hook, r);
 }
 
 #[test]
@@ -196,6 +217,48 @@ fn source_program_outcomes_are_counted_and_always_fail_open() {
         assert_eq!((verdict, mark), (NEXT, tagged));
         assert_eq!(counter(&ebpf, 0, ing, reason::COPY_NOT_REMIRRORED).packets, 1);
         assert_eq!(matched(&ebpf, 1, ing), 6, "a tagged packet was matched");
+    });
+}
+
+/// Two ifindexes that share their low bits share an index cell: the one
+/// that does not hold it is found in the overflow hash, and a cell holding
+/// another hook's entry is never taken for ours.
+#[test]
+fn hooks_sharing_an_index_cell_resolve_to_their_own_entries() {
+    let fx = Fixture::new();
+    fx.ns.run(|| {
+        let mut ebpf = fx.load();
+        let pkt = frame(100);
+        let ing = direction::INGRESS;
+        let ours = SourceKey { ifindex: fx.src, direction: ing };
+        let other = SourceKey { ifindex: fx.src + source_index::CELLS_PER_DIRECTION, direction: ing };
+        assert_eq!(
+            source_index::cell(ours.ifindex, ing),
+            source_index::cell(other.ifindex, ing),
+            "the two hooks must collide"
+        );
+
+        // The cell holds the other hook's entry: not ours, nothing copied.
+        let r = set_entry(&mut ebpf, 0, other, fx.dst, 0);
+        set_cell(&mut ebpf, other, r);
+        let tx_before = fx.ns.link_packets("d1").1;
+        assert_eq!(run(&ebpf, "mirror_src_ingress", &pkt, fx.src, 0).0, NEXT);
+        assert_eq!(fx.ns.link_packets("d1").1, tx_before, "copied through another hook's entry");
+        assert_eq!(counter(&ebpf, 0, ing, reason::NO_SESSION).packets, 1);
+        assert_eq!(matched(&ebpf, 1, ing), 0);
+
+        // Ours in the overflow hash: found, copied.
+        let r = set_entry(&mut ebpf, 1, ours, fx.dst, 0);
+        set_overflow(&mut ebpf, ours, r);
+        assert_eq!(run(&ebpf, "mirror_src_ingress", &pkt, fx.src, 0).0, NEXT);
+        assert_eq!(fx.ns.link_packets("d1").1, tx_before + 1, "no copy through the overflow");
+        assert_eq!(counter(&ebpf, 1, ing, reason::MIRRORED), Counter { packets: 1, bytes: 100 });
+
+        // An overflow reference to an entry that is not ours (stale): ignored.
+        set_overflow(&mut ebpf, ours, EntryRef::from(0u32) + 1);
+        run(&ebpf, "mirror_src_ingress", &pkt, fx.src, 0);
+        assert_eq!(fx.ns.link_packets("d1").1, tx_before + 1, "copied through a stale reference");
+        assert_eq!(counter(&ebpf, 0, ing, reason::NO_SESSION).packets, 2);
     });
 }
 

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::PerCpuArray,
     programs::{RawTracePoint, SchedClassifier, TcAttachType},
 };
@@ -94,6 +94,8 @@ pub struct Lab {
     /// NET_RX accounting: attached only while the fixed mode runs; in the max
     /// mode the generator shares the CPU and the tracepoints fire per packet.
     softirq: Option<Ebpf>,
+    /// `bench_clone_floor` on the source, while the clone-floor variant runs.
+    clone_floor: Option<Ebpf>,
     /// Destination MAC of the generator's frames.
     pub first_hop: [u8; 6],
 }
@@ -178,7 +180,7 @@ impl Lab {
         let sink = Some(load_sink(&object, SINK)?);
         let col = load_sink(&object, COL)?;
         let first_hop = if forwarding == Forwarding::Bridged { SINK_MAC } else { SRC0_MAC };
-        Ok(Self { object, sink, col, softirq: None, first_hop })
+        Ok(Self { object, sink, col, softirq: None, clone_floor: None, first_hop })
     }
 
     pub fn set_net_rx_accounting(&mut self, on: bool) -> Result<()> {
@@ -197,6 +199,38 @@ impl Lab {
             (false, true) => self.softirq = None,
             _ => {}
         }
+        Ok(())
+    }
+
+    /// Attaches (or detaches) `bench_clone_floor` at tcx/ingress and egress of
+    /// `source`, cloning to `dest`.
+    pub fn set_clone_floor(&mut self, on: Option<(&str, &str)>) -> Result<()> {
+        let old = self.clone_floor.take();
+        // Detaching must happen where the interface lives.
+        in_ns(HOST, move || {
+            drop(old);
+            Ok(())
+        })?;
+        let Some((source, dest)) = on else { return Ok(()) };
+        let object = &self.object;
+        self.clone_floor = Some(in_ns(HOST, || {
+            let name = std::ffi::CString::new(dest)?;
+            // SAFETY: a NUL-terminated name we own.
+            let dest_ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if dest_ifindex == 0 {
+                bail!("no interface {dest} in {HOST}");
+            }
+            let mut ebpf = EbpfLoader::new()
+                .override_global("FLOOR_DEST_IFINDEX", &dest_ifindex, true)
+                .load(object)
+                .context("loading the bench object")?;
+            let prog: &mut SchedClassifier =
+                ebpf.program_mut("bench_clone_floor").context("bench_clone_floor")?.try_into()?;
+            prog.load()?;
+            prog.attach(source, TcAttachType::Ingress)?;
+            prog.attach(source, TcAttachType::Egress)?;
+            Ok(ebpf)
+        })?);
         Ok(())
     }
 

@@ -225,13 +225,13 @@ pub fn run(opts: &Options, agent: &Path, bench_object: &Path) -> Result<()> {
             lab.set_sink_drop(key.0 != Mode::Tcp)?;
             lab.set_net_rx_accounting(key.0 == Mode::Fixed)?;
             for v in shuffled(&variants, repeat as u64 * 1009 + key.1 as u64) {
-                v.attach(agent).with_context(|| format!("attaching {}", v.name))?;
+                v.attach(agent, &mut lab).with_context(|| format!("attaching {}", v.name))?;
                 let sample = match key.0 {
                     Mode::Max => measure_max(&lab, key.1, opts.seconds, None),
                     Mode::Fixed => measure_fixed(&lab, key.1, opts.seconds, opts.pps),
                     Mode::Tcp => measure_tcp(&lab, opts.seconds),
                 };
-                v.detach(agent).with_context(|| format!("detaching {}", v.name))?;
+                v.detach(agent, &mut lab).with_context(|| format!("detaching {}", v.name))?;
                 let sample = sample.with_context(|| format!("{} {} {}B", v.name, key.0.name(), key.1))?;
                 // A trial only counts if the variant did what it claims: one
                 // copy per packet (±1%), or none.
@@ -270,9 +270,9 @@ pub fn run(opts: &Options, agent: &Path, bench_object: &Path) -> Result<()> {
         lab.set_net_rx_accounting(false)?;
         for &(mode, size) in keys.iter().filter(|k| k.0 == Mode::Max) {
             for v in &variants {
-                v.attach(agent)?;
+                v.attach(agent, &mut lab)?;
                 let r = measure_max(&lab, size, opts.seconds, Some(&profile_path(v.name, size)));
-                v.detach(agent)?;
+                v.detach(agent, &mut lab)?;
                 r.with_context(|| format!("profiling {} {} {size}B", v.name, mode.name()))?;
             }
         }

@@ -5,7 +5,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::Result;
 
-use super::lab::{HOST, ns_exec, sh};
+use super::lab::{HOST, Lab, ns_exec, sh};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
@@ -14,6 +14,10 @@ pub enum Kind {
     /// The kernel's own: clsact on the source, `u32 … action mirred egress
     /// mirror` on ingress and egress. `matching: false` uses a key no packet has.
     TcMirred { matching: bool },
+    /// `bench_clone_floor` on the source: one `bpf_clone_redirect` to a
+    /// constant, the least any BPF mirror does; not a product variant, the
+    /// yardstick for the agent's own program cost.
+    CloneFloor,
     /// `mirror-agent attach` on the source.
     Agent { direction: &'static str, snaplen: u32 },
 }
@@ -28,6 +32,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant { name: "base", kind: Kind::Base },
     Variant { name: "tc", kind: Kind::TcMirred { matching: true } },
     Variant { name: "tc-nomatch", kind: Kind::TcMirred { matching: false } },
+    Variant { name: "clone-floor", kind: Kind::CloneFloor },
     Variant { name: "agent", kind: Kind::Agent { direction: "both", snaplen: 0 } },
     // Our program is on the source, but the traffic never crosses the
     // direction it taps (the source only receives).
@@ -46,9 +51,10 @@ fn tc(args: &[&str]) -> Result<()> {
 }
 
 impl Variant {
-    pub fn attach(&self, agent: &Path) -> Result<()> {
+    pub fn attach(&self, agent: &Path, lab: &mut Lab) -> Result<()> {
         match self.kind {
             Kind::Base => Ok(()),
+            Kind::CloneFloor => lab.set_clone_floor(Some((SOURCE, DEST))),
             Kind::TcMirred { matching } => {
                 tc(&["qdisc", "add", "dev", SOURCE, "clsact"])?;
                 let key: &[&str] = if matching {
@@ -75,9 +81,10 @@ impl Variant {
         }
     }
 
-    pub fn detach(&self, agent: &Path) -> Result<()> {
+    pub fn detach(&self, agent: &Path, lab: &mut Lab) -> Result<()> {
         match self.kind {
             Kind::Base => Ok(()),
+            Kind::CloneFloor => lab.set_clone_floor(None),
             Kind::TcMirred { .. } => tc(&["qdisc", "del", "dev", SOURCE, "clsact"]),
             Kind::Agent { .. } => sh(Command::new(agent).args(["-n", HOST, "detach", "--all"])).map(drop),
         }
@@ -85,12 +92,15 @@ impl Variant {
 
     /// Whether this variant copies every packet of the one-way UDP modes.
     pub fn mirrors(&self) -> bool {
-        matches!(self.kind, Kind::TcMirred { matching: true } | Kind::Agent { direction: "both", .. })
+        matches!(
+            self.kind,
+            Kind::TcMirred { matching: true } | Kind::CloneFloor | Kind::Agent { direction: "both", .. }
+        )
     }
 
     /// Whether this variant copies anything in the TCP mode, where traffic
     /// crosses the source both ways (the sink's ACKs leave through its egress).
     pub fn mirrors_tcp(&self) -> bool {
-        matches!(self.kind, Kind::TcMirred { matching: true } | Kind::Agent { .. })
+        matches!(self.kind, Kind::TcMirred { matching: true } | Kind::CloneFloor | Kind::Agent { .. })
     }
 }
