@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! <bpffs>/mirror-agent/netns-cookie-<netns cookie>/
-//!     maps/SOURCES  maps/SESSIONS  maps/COUNTERS
+//!     maps/SOURCE_INDEX  maps/SOURCE_ENTRIES  maps/SOURCE_OVERFLOW
+//!     maps/SESSIONS  maps/COUNTERS  maps/CUT_VERDICT
 //!     links/src-ingress-<ifindex>  links/src-egress-<ifindex>  links/dst-egress-<ifindex>
 //!     links/tc-<hook>-<ifindex>-<prio>-<handle>[+qdisc]
 //!                  (clsact fallback: the pinned program marks the filter as ours)

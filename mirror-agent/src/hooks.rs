@@ -1,5 +1,5 @@
 //! Attachments, reconciled from the maps: the hooks that should exist are
-//! derived from `SOURCES` (source hooks) and `SESSIONS` (destinations that
+//! derived from the source index (source hooks) and `SESSIONS` (destinations that
 //! cut copies); the hooks that do exist are the pins under `links/`. Every
 //! change of sessions ends with [`reconcile`], which attaches what is
 //! missing and detaches what is no longer needed — so an interrupted or

@@ -320,6 +320,8 @@ pub mod names {
     /// Every map the programs pin (removed with the last session).
     pub const PINNED_MAPS: [&str; 6] =
         [SOURCE_INDEX, SOURCE_ENTRIES, SOURCE_OVERFLOW, SESSIONS, COUNTERS, CUT_VERDICT];
+    /// Maps earlier builds pinned (0.1.0's `SOURCES` hash); unpinned with the rest.
+    pub const LEGACY_MAPS: [&str; 1] = ["SOURCES"];
     /// Attached at tc ingress of a source interface.
     pub const PROG_SRC_INGRESS: &str = "mirror_src_ingress";
     /// Attached at tc egress of a source interface.

@@ -414,6 +414,12 @@ fn targets(results: &BTreeMap<Key, BTreeMap<&str, Vec<Sample>>>) -> Vec<String> 
                 );
                 push("agent - tc".into(), paired(key, "agent", &|a, _, t| a - t), &ns, "< 0");
                 push(
+                    "clone-floor added ns / tc added ns".into(),
+                    paired(key, "clone-floor", &|f, b, t| (f - b) / (t - b)),
+                    &ratio,
+                    "-",
+                );
+                push(
                     "agent-idle over base".into(),
                     paired(key, "agent-idle", &|a, b, _| a - b),
                     &ns,
@@ -444,6 +450,13 @@ fn targets(results: &BTreeMap<Key, BTreeMap<&str, Vec<Sample>>>) -> Vec<String> 
                     paired(key, "agent", &|a, b, t| added(a, b) / added(t, b)),
                     &ratio,
                     "<= 0.90",
+                );
+                // The yardstick: what a bare `bpf_clone_redirect` costs.
+                push(
+                    "clone-floor / tc added ns per copy".into(),
+                    paired(key, "clone-floor", &|f, b, t| added(f, b) / added(t, b)),
+                    &ratio,
+                    "-",
                 );
             }
             Mode::Tcp => {}
