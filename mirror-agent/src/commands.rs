@@ -154,7 +154,7 @@ fn cleanup_if_unused(store: Store, layout: &Layout) -> Result<()> {
         return Ok(());
     }
     drop(store);
-    for name in names::PINNED_MAPS.iter().chain(&names::LEGACY_MAPS) {
+    for name in names::PINNED_MAPS {
         match fs::remove_file(layout.map(name)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -45,6 +45,11 @@ pub enum InputError {
          or pass --bpffs"
     )]
     NoHostBpffs { bpffs: String },
+    #[error(
+        "{dir} holds sessions in the layout of mirror-agent 0.1.0 (a SOURCES map), which this build \
+         cannot read: run `detach --all` with that build first"
+    )]
+    LegacyState { dir: String },
     #[error("the agent was built without its eBPF object (AYA_BUILD_SKIP); rebuild it normally")]
     NoEbpfObject,
 }

@@ -106,6 +106,21 @@ const INDEX_BYTES: usize = source_index::CELLS as usize * size_of::<AtomicU64>()
 
 impl IndexMapping {
     fn new(map: MapData) -> Result<Self> {
+        let info = map.info().context("reading SOURCE_INDEX's definition")?;
+        if info.max_entries() != source_index::CELLS
+            || info.value_size() as usize != size_of::<EntryRef>()
+            || info.map_flags() & source_index::MAP_FLAGS == 0
+        {
+            anyhow::bail!(
+                "the pinned {} is not this build's ({} entries of {} bytes, flags {:#x}; expected {} mmapable \
+                 entries of 8 bytes): run `detach --all` with the build that created it",
+                names::SOURCE_INDEX,
+                info.max_entries(),
+                info.value_size(),
+                info.map_flags(),
+                source_index::CELLS
+            );
+        }
         // SAFETY: a fresh shared mapping of the map's fd; no pointer of ours
         // is passed in. An mmapable array's elements are 8 bytes apart,
         // from offset 0, as `EntryRef` is.
@@ -120,10 +135,8 @@ impl IndexMapping {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context(format!(
-                "mapping {} (pinned by an older build? `detach --all` with it first)",
-                names::SOURCE_INDEX
-            ));
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("mapping {} into memory", names::SOURCE_INDEX));
         }
         let cells = NonNull::new(ptr.cast::<AtomicU64>()).context("mmap returned NULL")?;
         Ok(Self { cells, _map: map })
@@ -146,19 +159,49 @@ impl Drop for IndexMapping {
 }
 
 /// Where a hook's entry is published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Place {
-    /// In its `SOURCE_INDEX` cell.
-    Cell,
-    /// In `SOURCE_OVERFLOW`: the cell belongs to another ifindex.
-    Overflow,
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Hook {
-    place: Place,
+    /// Its `SOURCE_INDEX` cell: the direct one, or an overflow cell (then
+    /// `SOURCE_OVERFLOW` maps the hook to it).
+    cell: u32,
     /// Number of its `SOURCE_ENTRIES` element.
     entry: u32,
+}
+
+impl Hook {
+    fn in_overflow(&self) -> bool {
+        self.cell >= source_index::OVERFLOW_BASE
+    }
+}
+
+/// Which `SOURCE_ENTRIES` elements may be written: busy ones are published,
+/// or were unpublished since the last grace period (programs that started
+/// before may still read them).
+#[derive(Debug)]
+struct EntryPool {
+    busy: Vec<bool>,
+}
+
+impl EntryPool {
+    /// At open: an earlier invocation may just have unpublished any entry.
+    fn all_busy() -> Self {
+        Self { busy: vec![true; SOURCE_ENTRY_COUNT as usize] }
+    }
+
+    /// A writable entry, now busy; `None` until the next grace period.
+    fn take(&mut self) -> Option<u32> {
+        let free = self.busy.iter().position(|b| !b)?;
+        self.busy[free] = true;
+        Some(free as u32)
+    }
+
+    /// After a grace period: only what is still referenced stays busy.
+    fn settle(&mut self, referenced: impl Iterator<Item = u32>) {
+        self.busy.fill(false);
+        for entry in referenced {
+            self.busy[entry as usize] = true;
+        }
+    }
 }
 
 fn entry_ref(entry: u32) -> EntryRef {
@@ -175,15 +218,15 @@ fn entry_ref(entry: u32) -> EntryRef {
 /// twice as many as hooks, a batch of changes needs at most one such wait.
 pub struct Store {
     index: IndexMapping,
-    overflow: HashMap<MapData, SourceKey, EntryRef>,
+    overflow: HashMap<MapData, SourceKey, u32>,
     entries: Array<MapData, SourceEntry>,
     sessions: Array<MapData, SessionConfig>,
     counters: PerCpuArray<MapData, Counter>,
     /// Every hook, as published.
     hooks: BTreeMap<SourceKey, Hook>,
-    /// Per `SOURCE_ENTRIES` element: published, or unpublished since the
-    /// last grace period (here, or by an earlier invocation: at open, all).
-    busy: Vec<bool>,
+    /// Entries that stray references (not ours to clear) still point to.
+    stray: Vec<u32>,
+    entries_pool: EntryPool,
     /// A session slot may have been freed since the last grace period.
     freed_since_grace_period: bool,
 }
@@ -205,6 +248,9 @@ fn open_pinned(layout: &Layout, name: &str) -> Result<Option<MapData>> {
 impl Store {
     /// Opens the namespace's maps; `None` if no session was ever created there.
     pub fn open(layout: &Layout) -> Result<Option<Self>> {
+        if layout.map(names::LEGACY_SOURCES).exists() {
+            return Err(InputError::LegacyState { dir: layout.dir.display().to_string() }.into());
+        }
         let mut maps = Vec::new();
         for name in [
             names::SOURCE_INDEX,
@@ -227,7 +273,8 @@ impl Store {
             sessions: Array::try_from(Map::Array(sessions))?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(counters))?,
             hooks: BTreeMap::new(),
-            busy: vec![true; SOURCE_ENTRY_COUNT as usize],
+            stray: Vec::new(),
+            entries_pool: EntryPool::all_busy(),
             freed_since_grace_period: true,
         };
         store.load_hooks()?;
@@ -239,15 +286,26 @@ impl Store {
         let entry_of = |r: EntryRef| -> Option<u32> {
             (r != NO_ENTRY && r <= EntryRef::from(SOURCE_ENTRY_COUNT)).then(|| (r - 1) as u32)
         };
+        let mut overflow_cells = BTreeMap::new();
+        for item in self.overflow.iter() {
+            let (key, cell) = item.context("reading SOURCE_OVERFLOW")?;
+            overflow_cells.insert(cell, key);
+        }
         for cell in 0..source_index::CELLS {
             let Some(entry) = entry_of(self.index.cell(cell).load(Ordering::Acquire)) else { continue };
             let hook = self.entries.get(&entry, 0).context("reading SOURCE_ENTRIES")?.hook;
-            self.hooks.insert(hook, Hook { place: Place::Cell, entry });
-        }
-        for item in self.overflow.iter() {
-            let (key, r) = item.context("reading SOURCE_OVERFLOW")?;
-            if let Some(entry) = entry_of(r) {
-                self.hooks.insert(key, Hook { place: Place::Overflow, entry });
+            // Programs ignore an entry that is not the cell's hook's; so do
+            // we, but it stays busy: programs may still reach it.
+            let owned = if cell < source_index::OVERFLOW_BASE {
+                source_index::cell(hook.ifindex, hook.direction) == cell
+            } else {
+                overflow_cells.get(&cell) == Some(&hook)
+            };
+            if owned {
+                self.hooks.insert(hook, Hook { cell, entry });
+            } else {
+                tracing::warn!(cell, entry, "index cell refers to another hook's entry; ignored");
+                self.stray.push(entry);
             }
         }
         Ok(())
@@ -258,10 +316,7 @@ impl Store {
     pub fn wait_for_readers(&mut self) -> Result<()> {
         wait_for_running_programs()?;
         self.freed_since_grace_period = false;
-        self.busy.fill(false);
-        for hook in self.hooks.values() {
-            self.busy[hook.entry as usize] = true;
-        }
+        self.entries_pool.settle(self.hooks.values().map(|h| h.entry).chain(self.stray.iter().copied()));
         Ok(())
     }
 
@@ -275,16 +330,11 @@ impl Store {
 
     /// A `SOURCE_ENTRIES` element no program can be reading.
     fn free_entry(&mut self) -> Result<u32> {
-        let find = |busy: &[bool]| busy.iter().position(|b| !b);
-        let found = match find(&self.busy) {
-            Some(e) => e,
-            None => {
-                self.wait_for_readers()?;
-                find(&self.busy).context("SOURCE_ENTRIES is full")?
-            }
-        };
-        self.busy[found] = true;
-        Ok(found as u32)
+        if let Some(entry) = self.entries_pool.take() {
+            return Ok(entry);
+        }
+        self.wait_for_readers()?;
+        self.entries_pool.take().context("SOURCE_ENTRIES is full")
     }
 
     /// Publishes `entry` as the sessions of `key` (a new hook or a change).
@@ -292,33 +342,45 @@ impl Store {
         entry.hook = key;
         let number = self.free_entry()?;
         self.entries.set(number, entry, 0).context("writing SOURCE_ENTRIES")?;
-        let cell = self.index.cell(source_index::cell(key.ifindex, key.direction));
-        let place = match self.hooks.get(&key) {
-            Some(hook) => hook.place,
-            None if cell.load(Ordering::Acquire) == NO_ENTRY => Place::Cell,
-            None => Place::Overflow,
-        };
-        match place {
-            Place::Cell => cell.store(entry_ref(number), Ordering::Release),
-            Place::Overflow => {
-                self.overflow.insert(key, entry_ref(number), 0).context("writing SOURCE_OVERFLOW")?;
+        let existing = self.hooks.get(&key).map(|h| h.cell);
+        let cell = match existing {
+            Some(cell) => cell,
+            None => {
+                let direct = source_index::cell(key.ifindex, key.direction);
+                if self.index.cell(direct).load(Ordering::Acquire) == NO_ENTRY {
+                    direct
+                } else {
+                    self.free_overflow_cell()?
+                }
             }
+        };
+        // Entry first, then the reference to it, then (new overflow hooks)
+        // the way to the reference.
+        self.index.cell(cell).store(entry_ref(number), Ordering::Release);
+        if existing.is_none() && cell >= source_index::OVERFLOW_BASE {
+            self.overflow.insert(key, cell, 0).context("writing SOURCE_OVERFLOW")?;
         }
-        // The previous entry stays busy until the next grace period.
-        self.hooks.insert(key, Hook { place, entry: number });
+        // A previous entry stays busy until the next grace period.
+        self.hooks.insert(key, Hook { cell, entry: number });
         Ok(())
+    }
+
+    /// An unused overflow cell. One freed a moment ago is fine: a program
+    /// that still reaches it through a stale `SOURCE_OVERFLOW` value finds
+    /// another hook's entry there, and ignores it.
+    fn free_overflow_cell(&self) -> Result<u32> {
+        (source_index::OVERFLOW_BASE..source_index::CELLS)
+            .find(|&c| self.index.cell(c).load(Ordering::Acquire) == NO_ENTRY)
+            .context("no free overflow cell in SOURCE_INDEX")
     }
 
     /// Unpublishes hook `key`.
     fn remove_hook(&mut self, key: SourceKey) -> Result<()> {
         let Some(hook) = self.hooks.remove(&key) else { return Ok(()) };
-        match hook.place {
-            Place::Cell => self
-                .index
-                .cell(source_index::cell(key.ifindex, key.direction))
-                .store(NO_ENTRY, Ordering::Release),
-            Place::Overflow => self.overflow.remove(&key).context("deleting from SOURCE_OVERFLOW")?,
+        if hook.in_overflow() {
+            self.overflow.remove(&key).context("deleting from SOURCE_OVERFLOW")?;
         }
+        self.index.cell(hook.cell).store(NO_ENTRY, Ordering::Release);
         Ok(())
     }
 
@@ -527,6 +589,27 @@ mod tests {
         c[reason::SNAP_FAILED as usize] = Counter { packets: 1, bytes: 1000 };
         c[reason::COPY_NOT_REMIRRORED as usize] = Counter { packets: 9, bytes: 9 };
         assert_eq!(matched(&c), Counter { packets: 5, bytes: 192 + 1872 + 100 + 1000 });
+    }
+
+    #[test]
+    fn entries_are_reused_only_after_a_grace_period() {
+        let mut pool = EntryPool::all_busy();
+        assert_eq!(pool.take(), None, "at open, an earlier invocation may have just unpublished any");
+        pool.settle([1].into_iter());
+        assert_eq!(pool.take(), Some(0));
+        assert_eq!(pool.take(), Some(2), "entry 1 is published");
+        // Entry 0 replaced by entry 2: 0 stays busy until the next settle.
+        assert_eq!(pool.take(), Some(3));
+        pool.settle([1, 2].into_iter());
+        assert_eq!(pool.take(), Some(0));
+        assert_eq!(pool.take(), Some(3));
+    }
+
+    #[test]
+    fn hook_count_is_capped_with_a_message_naming_both_figures() {
+        assert!(check_hook_count(MAX_SOURCE_HOOKS as usize - 2, 2).is_ok());
+        let err = check_hook_count(MAX_SOURCE_HOOKS as usize - 2, 3).unwrap_err().to_string();
+        assert!(err.contains("add 3 source hooks") && err.contains("16382"), "{err}");
     }
 
     #[test]

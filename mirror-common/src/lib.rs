@@ -126,24 +126,30 @@ pub const MAX_SOURCE_HOOKS: u32 = 16384;
 
 /// How a source hook finds its sessions: `SOURCE_INDEX` (an array, so the
 /// lookup is a few inlined instructions instead of a hash) holds, per
-/// direction, one cell per value of the ifindex's low [`SOURCE_INDEX_BITS`]
+/// direction, one cell per value of the ifindex's low [`source_index::BITS`]
 /// bits. A cell holds an [`EntryRef`] into `SOURCE_ENTRIES`, whose entry
-/// names the hook it belongs to; a hook whose cell is taken by another
-/// ifindex with the same low bits lives in the `SOURCE_OVERFLOW` hash instead.
+/// names the hook it belongs to. A hook whose cell is taken by another
+/// ifindex with the same low bits gets a cell of its own past the direct
+/// ones, found through the `SOURCE_OVERFLOW` hash (hook → cell number). So
+/// every reference a program follows is read from this one array, which the
+/// agent only ever changes with single atomic stores.
 pub mod source_index {
-    use super::direction;
+    use super::{MAX_SOURCE_HOOKS, direction};
 
-    /// Low ifindex bits that select a cell.
+    /// Low ifindex bits that select a direct cell.
     pub const BITS: u32 = 16;
-    /// Cells per direction.
+    /// Direct cells per direction.
     pub const CELLS_PER_DIRECTION: u32 = 1 << BITS;
-    /// `SOURCE_INDEX` entries.
-    pub const CELLS: u32 = CELLS_PER_DIRECTION * direction::COUNT;
+    /// First overflow cell; the overflow cells follow the direct ones.
+    pub const OVERFLOW_BASE: u32 = CELLS_PER_DIRECTION * direction::COUNT;
+    /// `SOURCE_INDEX` entries: direct cells, then one overflow cell per
+    /// possible hook.
+    pub const CELLS: u32 = OVERFLOW_BASE + MAX_SOURCE_HOOKS;
     /// Map flag `BPF_F_MMAPABLE`: the agent publishes a cell with one atomic
     /// store through a shared mapping, so a program never reads a torn value.
     pub const MAP_FLAGS: u32 = 1 << 10;
 
-    /// The cell of `(ifindex, direction)`.
+    /// The direct cell of `(ifindex, direction)`.
     #[inline(always)]
     pub const fn cell(ifindex: u32, direction: u32) -> u32 {
         (direction << BITS) | (ifindex & (CELLS_PER_DIRECTION - 1))
@@ -206,7 +212,7 @@ pub const fn counter_index(session_id: u32, direction: u32, reason: u32) -> u32 
     (session_id * direction::COUNT + direction) * reason::COUNT + reason
 }
 
-/// One hook of one source interface (the `SOURCE_OVERFLOW` key).
+/// One hook of one source interface (also the `SOURCE_OVERFLOW` key).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SourceKey {
@@ -320,8 +326,8 @@ pub mod names {
     /// Every map the programs pin (removed with the last session).
     pub const PINNED_MAPS: [&str; 6] =
         [SOURCE_INDEX, SOURCE_ENTRIES, SOURCE_OVERFLOW, SESSIONS, COUNTERS, CUT_VERDICT];
-    /// Maps earlier builds pinned (0.1.0's `SOURCES` hash); unpinned with the rest.
-    pub const LEGACY_MAPS: [&str; 1] = ["SOURCES"];
+    /// 0.1.0's source map: state of that layout must be detached by that build.
+    pub const LEGACY_SOURCES: &str = "SOURCES";
     /// Attached at tc ingress of a source interface.
     pub const PROG_SRC_INGRESS: &str = "mirror_src_ingress";
     /// Attached at tc egress of a source interface.
@@ -373,7 +379,8 @@ mod tests {
         assert_eq!(cell(7, direction::EGRESS), CELLS_PER_DIRECTION + 7);
         // Ifindexes that share their low bits share a cell.
         assert_eq!(cell(7 + CELLS_PER_DIRECTION, direction::INGRESS), 7);
-        assert_eq!(cell(u32::MAX, direction::EGRESS), CELLS - 1);
+        assert_eq!(cell(u32::MAX, direction::EGRESS), source_index::OVERFLOW_BASE - 1);
+        assert_eq!(CELLS - source_index::OVERFLOW_BASE, MAX_SOURCE_HOOKS);
     }
 
     #[test]

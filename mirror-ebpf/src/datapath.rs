@@ -11,14 +11,16 @@ use mirror_common::{
     counter_index, direction, reason, source_index,
 };
 
-/// (ifindex low bits, direction) → the hook's entry; the hot path's only
-/// lookup of its own, an array access the verifier inlines.
+/// (ifindex low bits, direction) → the hook's entry, then overflow cells;
+/// the hot path's only lookup of its own, an array access the verifier inlines.
 #[map]
 static SOURCE_INDEX: Array<EntryRef> = Array::pinned(source_index::CELLS, source_index::MAP_FLAGS);
 
-/// Hooks whose index cell another ifindex holds: looked up only on a miss.
+/// Hook → its overflow cell in `SOURCE_INDEX`, for hooks whose direct cell
+/// another ifindex holds: looked up only then. A value never changes while
+/// its hook lives.
 #[map]
-static SOURCE_OVERFLOW: HashMap<SourceKey, EntryRef> = HashMap::pinned(MAX_SOURCE_HOOKS, 0);
+static SOURCE_OVERFLOW: HashMap<SourceKey, u32> = HashMap::pinned(MAX_SOURCE_HOOKS, 0);
 
 /// The sessions each hook feeds. Never rewritten while referenced: the agent
 /// writes a free entry, then publishes it.
@@ -117,7 +119,7 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
         return;
     };
     // SAFETY: array elements live as long as the map; the agent rewrites an
-    // entry only after an RCU grace period since it was last published.
+    // entry only after an RCU grace period since it was unpublished.
     let slot_count = unsafe { (*entry).slot_count };
 
     for i in 0..MAX_SESSIONS_PER_SOURCE {
@@ -157,19 +159,27 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
     ctx.set_mark(mark);
 }
 
-/// The entry of hook `(ifindex, direction)`: its index cell if the cell is
-/// its own, else the overflow hash.
+/// The entry of hook `(ifindex, direction)`: through its direct cell if the
+/// cell is its own, else through its overflow cell.
 #[inline(always)]
 fn source_entry(ifindex: u32, direction: u32) -> Option<*const SourceEntry> {
     let hook = SourceKey { ifindex, direction };
-    // An 8-byte aligned load: the agent publishes cells with one atomic store.
-    let cell = SOURCE_INDEX.get(source_index::cell(ifindex, direction)).copied().unwrap_or(NO_ENTRY);
-    if let Some(entry) = entry_of(cell, hook) {
+    if let Some(entry) = entry_in(source_index::cell(ifindex, direction), hook) {
         return Some(entry);
     }
-    // SAFETY: hash values stay valid for the program run (RCU).
-    let overflow = unsafe { SOURCE_OVERFLOW.get(hook) }.copied().unwrap_or(NO_ENTRY);
-    entry_of(overflow, hook)
+    // SAFETY: a preallocated hash value may be recycled for another key
+    // while we read it; whatever cell we get, the ownership check in
+    // `entry_in` rejects an entry that is not this hook's.
+    let cell = unsafe { SOURCE_OVERFLOW.get(hook) }.copied()?;
+    entry_in(cell, hook)
+}
+
+/// The entry published in `cell`, if it belongs to `hook`.
+#[inline(always)]
+fn entry_in(cell: u32, hook: SourceKey) -> Option<*const SourceEntry> {
+    // An 8-byte aligned load: the agent publishes cells with one atomic store.
+    let r = SOURCE_INDEX.get(cell).copied().unwrap_or(NO_ENTRY);
+    entry_of(r, hook)
 }
 
 /// The entry `r` refers to, if it belongs to `hook`.

@@ -392,3 +392,36 @@ fn sessions_in_different_namespaces_do_not_collide() {
     assert_eq!(two.agent().list()["sessions"].as_array().unwrap().len(), 1);
     wait_until(Duration::from_secs(1), "first namespace clean", || !one.host.pin_dir().exists());
 }
+
+/// State in 0.1.0's layout (a pinned `SOURCES` map) is refused by every
+/// verb, with a message naming the directory and what to do; the sessions
+/// it holds keep mirroring.
+#[test]
+fn state_of_the_previous_layout_is_refused_and_left_alone() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    agent.ok(&["attach", "--name", "m", "--source", "vc", "--dest", "vk0", "--direction", "ingress"]);
+    // Any bpf object pinned under the old name stands for 0.1.0 state.
+    let maps = topo.host.pin_dir().join("maps");
+    let sessions = aya::maps::MapData::from_pin(maps.join("SESSIONS")).expect("SESSIONS pinned");
+    let legacy = maps.join("SOURCES");
+    sessions.pin(&legacy).expect("pinning SOURCES");
+
+    for args in [
+        &["list"][..],
+        &["stats"],
+        &["attach", "--name", "n", "--source", "vs", "--dest", "vk0"],
+        &["detach", "m"],
+        &["detach", "--all"],
+    ] {
+        let err = agent.fails(args);
+        assert!(err.contains("0.1.0") && err.contains("detach --all"), "{args:?}: {err}");
+    }
+    let cap = Capture::start(&topo.collectors[0], "eth0");
+    ping(&topo.client, SERVER_IP, 5);
+    assert_eq!(cap.stop().iter().filter(|f| f.is_echo_request()).count(), 5, "mirroring was disturbed");
+
+    std::fs::remove_file(&legacy).unwrap();
+    agent.ok(&["detach", "--all"]);
+    assert!(!topo.host.pin_dir().exists());
+}

@@ -163,8 +163,8 @@ fn thousand_sources_and_eight_sessions_per_source() {
     agent.ok(&["detach", "--all"]);
 }
 
-/// Ifindexes that share their low 16 bits share a cell of the source index;
-/// the second hook lives in the overflow hash. Each source must still feed
+/// Ifindexes that share their low 16 bits share a direct cell of the source
+/// index; the second hook gets an overflow cell. Each source must still feed
 /// its own session only, whichever holds the cell, and after either leaves.
 #[test]
 fn sources_sharing_an_index_cell_each_feed_their_own_session() {
@@ -172,7 +172,7 @@ fn sources_sharing_an_index_cell_each_feed_their_own_session() {
     let topo = Topology::new(2);
     let agent = topo.agent();
     // "far" (host) ↔ eth1 (client), with an ifindex in vc's cell.
-    let far_index = topo.host.ifindex("vc") + (1 << 16);
+    let far_index = topo.host.ifindex("vc") + mirror_common::source_index::CELLS_PER_DIRECTION;
     topo.host.ip(&[
         "link",
         "add",
@@ -233,8 +233,12 @@ fn sources_sharing_an_index_cell_each_feed_their_own_session() {
     };
 
     attach("far", "far", "vk1"); // takes the cell
-    attach("near", "vc", "vk0"); // goes to the overflow
+    attach("near", "vc", "vk0"); // goes to an overflow cell
     assert_eq!(requests_seen(), [5, 5], "each source to its own collector");
+    // A change to a hook in the overflow: a second session on vc.
+    attach("near2", "vc", "vk0");
+    assert_eq!(requests_seen(), [10, 5]);
+    agent.ok(&["detach", "near2"]);
     agent.ok(&["detach", "far"]); // the cell empties; vc stays in the overflow
     assert_eq!(requests_seen(), [5, 0]);
     attach("far", "far", "vk1");

@@ -126,10 +126,13 @@ fn set_cell(ebpf: &mut Ebpf, hook: SourceKey, r: EntryRef) {
     index.set(source_index::cell(hook.ifindex, hook.direction), r, 0).unwrap();
 }
 
-fn set_overflow(ebpf: &mut Ebpf, hook: SourceKey, r: EntryRef) {
-    let mut overflow: HashMap<_, SourceKey, EntryRef> =
+/// Routes `hook` through overflow cell `cell` (an index past the direct cells).
+fn set_overflow(ebpf: &mut Ebpf, hook: SourceKey, cell: u32, r: EntryRef) {
+    let mut index: Array<_, EntryRef> = Array::try_from(ebpf.map_mut("SOURCE_INDEX").unwrap()).unwrap();
+    index.set(cell, r, 0).unwrap();
+    let mut overflow: HashMap<_, SourceKey, u32> =
         HashMap::try_from(ebpf.map_mut("SOURCE_OVERFLOW").unwrap()).unwrap();
-    overflow.insert(hook, r, 0).unwrap();
+    overflow.insert(hook, cell, 0).unwrap();
 }
 
 /// Source `src` (ingress) feeds session 1, published in its index cell.
@@ -220,9 +223,9 @@ fn source_program_outcomes_are_counted_and_always_fail_open() {
     });
 }
 
-/// Two ifindexes that share their low bits share an index cell: the one
-/// that does not hold it is found in the overflow hash, and a cell holding
-/// another hook's entry is never taken for ours.
+/// Two ifindexes that share their low bits share a direct index cell: the
+/// one that does not hold it is found through its overflow cell, and a cell
+/// holding another hook's entry is never taken for ours.
 #[test]
 fn hooks_sharing_an_index_cell_resolve_to_their_own_entries() {
     let fx = Fixture::new();
@@ -247,18 +250,29 @@ fn hooks_sharing_an_index_cell_resolve_to_their_own_entries() {
         assert_eq!(counter(&ebpf, 0, ing, reason::NO_SESSION).packets, 1);
         assert_eq!(matched(&ebpf, 1, ing), 0);
 
-        // Ours in the overflow hash: found, copied.
+        // Ours through an overflow cell: found, copied.
+        let overflow_cell = source_index::OVERFLOW_BASE + 3;
         let r = set_entry(&mut ebpf, 1, ours, fx.dst, 0);
-        set_overflow(&mut ebpf, ours, r);
+        set_overflow(&mut ebpf, ours, overflow_cell, r);
         assert_eq!(run(&ebpf, "mirror_src_ingress", &pkt, fx.src, 0).0, NEXT);
         assert_eq!(fx.ns.link_packets("d1").1, tx_before + 1, "no copy through the overflow");
         assert_eq!(counter(&ebpf, 1, ing, reason::MIRRORED), Counter { packets: 1, bytes: 100 });
 
-        // An overflow reference to an entry that is not ours (stale): ignored.
-        set_overflow(&mut ebpf, ours, EntryRef::from(0u32) + 1);
+        // A stale overflow value, leading to a cell that holds another
+        // hook's entry: ignored.
+        set_overflow(&mut ebpf, ours, overflow_cell, EntryRef::from(0u32) + 1);
         run(&ebpf, "mirror_src_ingress", &pkt, fx.src, 0);
         assert_eq!(fx.ns.link_packets("d1").1, tx_before + 1, "copied through a stale reference");
         assert_eq!(counter(&ebpf, 0, ing, reason::NO_SESSION).packets, 2);
+
+        // The direction is part of the owner: our ifindex's egress entry in
+        // the ingress cell is not taken for the ingress hook.
+        let egress = SourceKey { ifindex: fx.src, direction: direction::EGRESS };
+        let r = set_entry(&mut ebpf, 2, egress, fx.dst, 0);
+        set_cell(&mut ebpf, ours, r);
+        run(&ebpf, "mirror_src_ingress", &pkt, fx.src, 0);
+        assert_eq!(fx.ns.link_packets("d1").1, tx_before + 1, "copied through the egress entry");
+        assert_eq!(counter(&ebpf, 0, ing, reason::NO_SESSION).packets, 3);
     });
 }
 
