@@ -5,6 +5,8 @@
 //!  eth0 198.18.0.1 ── src0 198.18.0.254   dst0 198.18.2.254 ── eth0 198.18.2.2
 //!  (AF_PACKET gen)    │ the mirrored source                       bench_sink: count+drop
 //!                     mon0 (mirror destination) ── eth0  mbench-col   bench_sink: count+drop
+//!                     198.18.3.1 (MTU 9000)           198.18.3.2
+//!                     vx0: VXLAN 100 → 198.18.3.2 over mon0 (the remote-collector destination)
 //! ```
 //! Static neighbours, IPv6 off, fixed MACs: the only frames are the generator's.
 use std::{
@@ -30,6 +32,7 @@ pub const GEN_MAC: [u8; 6] = [0x02, 0, 0xc6, 0x12, 0, 0x01];
 pub const SRC0_MAC: [u8; 6] = [0x02, 0, 0xc6, 0x12, 0, 0xfe];
 const DST0_MAC: &str = "02:00:c6:12:02:fe";
 pub const SINK_MAC: [u8; 6] = [0x02, 0, 0xc6, 0x12, 0x02, 0x02];
+const COL_MAC: &str = "02:00:c6:12:03:02";
 
 /// How the host namespace moves packets from src0 to dst0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -147,6 +150,23 @@ impl Lab {
         {
             ip(ns, &["link", "set", dev, "up"])?;
         }
+        // The remote-collector destination: VXLAN over mon0, on a jumbo
+        // underlay so that no 1500-byte copy is fragmented. The collector
+        // drops the encapsulated copies at tcx ingress, before any decap.
+        ip(HOST, &["link", "set", "mon0", "mtu", "9000"])?;
+        ip(COL, &["link", "set", "eth0", "mtu", "9000"])?;
+        ip(HOST, &["addr", "add", "198.18.3.1/24", "dev", "mon0"])?;
+        ip(COL, &["addr", "add", "198.18.3.2/24", "dev", "eth0"])?;
+        ip(COL, &["link", "set", "eth0", "address", COL_MAC])?;
+        ip(HOST, &["neigh", "add", "198.18.3.2", "lladdr", COL_MAC, "dev", "mon0", "nud", "permanent"])?;
+        ip(
+            HOST,
+            &[
+                "link", "add", "vx0", "type", "vxlan", "id", "100", "local", "198.18.3.1", "remote",
+                "198.18.3.2", "dev", "mon0", "dstport", "4789",
+            ],
+        )?;
+        ip(HOST, &["link", "set", "vx0", "up"])?;
         sh(&mut ns_exec(HOST, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
         sh(&mut ns_exec(HOST, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]))?;
         ip(

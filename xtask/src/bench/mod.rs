@@ -374,13 +374,15 @@ fn report(opts: &Options, results: &BTreeMap<Key, BTreeMap<&str, Vec<Sample>>>) 
 
 /// The targets, each as the median over repeats of a within-repeat ratio.
 fn targets(results: &BTreeMap<Key, BTreeMap<&str, Vec<Sample>>>) -> Vec<String> {
-    // f(variant, base, tc) per repeat; None if a variant did not run.
-    let paired = |key: &Key, variant: &str, f: &dyn Fn(f64, f64, f64) -> f64| -> Option<(f64, f64, f64)> {
+    // f(variant, base, reference) per repeat; None if a variant did not run.
+    type Paired<'a> = &'a dyn Fn(f64, f64, f64) -> f64;
+    let paired_vs = |key: &Key, variant: &str, reference: &str, f: Paired<'_>| -> Option<(f64, f64, f64)> {
         let by = results.get(key)?;
-        let (v, base, tc) = (by.get(variant)?, by.get("base")?, by.get("tc")?);
-        let r: Vec<f64> = (0..v.len()).map(|i| f(v[i].value, base[i].value, tc[i].value)).collect();
-        Some(stats(&r))
+        let (v, base, r) = (by.get(variant)?, by.get("base")?, by.get(reference)?);
+        let out: Vec<f64> = (0..v.len()).map(|i| f(v[i].value, base[i].value, r[i].value)).collect();
+        Some(stats(&out))
     };
+    let paired = |key: &Key, variant: &str, f: Paired<'_>| paired_vs(key, variant, "tc", f);
     let snap_vs_full = |key: &Key| -> Option<(f64, f64, f64)> {
         let by = results.get(key)?;
         let r: Vec<f64> =
@@ -455,6 +457,13 @@ fn targets(results: &BTreeMap<Key, BTreeMap<&str, Vec<Sample>>>) -> Vec<String> 
                 push(
                     "clone-floor / tc added ns per copy".into(),
                     paired(key, "clone-floor", &|f, b, t| added(f, b) / added(t, b)),
+                    &ratio,
+                    "-",
+                );
+                // Remote collector: both through the kernel's VXLAN device.
+                push(
+                    "agent-vxlan / tc-vxlan added ns per copy".into(),
+                    paired_vs(key, "agent-vxlan", "tc-vxlan", &|a, b, t| added(a, b) / added(t, b)),
                     &ratio,
                     "-",
                 );

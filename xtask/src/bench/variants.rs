@@ -26,22 +26,34 @@ pub enum Kind {
 pub struct Variant {
     pub name: &'static str,
     pub kind: Kind,
+    /// Where the copies go (ignored by `base`).
+    pub dest: &'static str,
+}
+
+/// A local monitor port: a veth to the collector.
+const MON: &str = "mon0";
+/// A remote collector: VXLAN (kernel device) over `mon0`.
+const VXLAN: &str = "vx0";
+
+const fn variant(name: &'static str, kind: Kind) -> Variant {
+    Variant { name, kind, dest: MON }
 }
 
 pub const VARIANTS: &[Variant] = &[
-    Variant { name: "base", kind: Kind::Base },
-    Variant { name: "tc", kind: Kind::TcMirred { matching: true } },
-    Variant { name: "tc-nomatch", kind: Kind::TcMirred { matching: false } },
-    Variant { name: "clone-floor", kind: Kind::CloneFloor },
-    Variant { name: "agent", kind: Kind::Agent { direction: "both", snaplen: 0 } },
+    variant("base", Kind::Base),
+    variant("tc", Kind::TcMirred { matching: true }),
+    variant("tc-nomatch", Kind::TcMirred { matching: false }),
+    variant("clone-floor", Kind::CloneFloor),
+    variant("agent", Kind::Agent { direction: "both", snaplen: 0 }),
     // Our program is on the source, but the traffic never crosses the
     // direction it taps (the source only receives).
-    Variant { name: "agent-idle", kind: Kind::Agent { direction: "egress", snaplen: 0 } },
-    Variant { name: "agent-snap128", kind: Kind::Agent { direction: "both", snaplen: 128 } },
+    variant("agent-idle", Kind::Agent { direction: "egress", snaplen: 0 }),
+    variant("agent-snap128", Kind::Agent { direction: "both", snaplen: 128 }),
+    // Copies to a remote collector, encapsulated by the kernel's VXLAN device.
+    Variant { name: "tc-vxlan", kind: Kind::TcMirred { matching: true }, dest: VXLAN },
+    Variant { name: "agent-vxlan", kind: Kind::Agent { direction: "both", snaplen: 0 }, dest: VXLAN },
 ];
 
-/// The destination every variant mirrors to.
-const DEST: &str = "mon0";
 const SOURCE: &str = "src0";
 
 fn tc(args: &[&str]) -> Result<()> {
@@ -54,7 +66,7 @@ impl Variant {
     pub fn attach(&self, agent: &Path, lab: &mut Lab) -> Result<()> {
         match self.kind {
             Kind::Base => Ok(()),
-            Kind::CloneFloor => lab.set_clone_floor(Some((SOURCE, DEST))),
+            Kind::CloneFloor => lab.set_clone_floor(Some((SOURCE, self.dest))),
             Kind::TcMirred { matching } => {
                 tc(&["qdisc", "add", "dev", SOURCE, "clsact"])?;
                 let key: &[&str] = if matching {
@@ -66,7 +78,7 @@ impl Variant {
                     let mut args =
                         vec!["filter", "add", "dev", SOURCE, hook, "protocol", "all", "u32", "match"];
                     args.extend_from_slice(key);
-                    args.extend_from_slice(&["action", "mirred", "egress", "mirror", "dev", DEST]);
+                    args.extend_from_slice(&["action", "mirred", "egress", "mirror", "dev", self.dest]);
                     tc(&args)?;
                 }
                 Ok(())
@@ -75,7 +87,7 @@ impl Variant {
                 let snaplen = snaplen.to_string();
                 sh(Command::new(agent)
                     .args(["-n", HOST, "attach", "--name", "bench", "--source", SOURCE])
-                    .args(["--dest", DEST, "--direction", direction, "--snaplen", &snaplen]))
+                    .args(["--dest", self.dest, "--direction", direction, "--snaplen", &snaplen]))
                 .map(drop)
             }
         }
