@@ -162,8 +162,21 @@ impl Lab {
         ip(
             HOST,
             &[
-                "link", "add", "vx0", "type", "vxlan", "id", "100", "local", "198.18.3.1", "remote",
-                "198.18.3.2", "dev", "mon0", "dstport", "4789",
+                "link",
+                "add",
+                "vx0",
+                "type",
+                "vxlan",
+                "id",
+                "100",
+                "local",
+                "198.18.3.1",
+                "remote",
+                "198.18.3.2",
+                "dev",
+                "mon0",
+                "dstport",
+                "4789",
             ],
         )?;
         ip(HOST, &["link", "set", "vx0", "up"])?;
