@@ -7,6 +7,7 @@ mod error;
 mod hooks;
 mod iface;
 mod netns;
+mod rcu;
 mod store;
 mod tc_netlink;
 

@@ -77,22 +77,6 @@ pub fn pack_name(name: &str) -> Result<[u8; SESSION_NAME_LEN], InputError> {
 /// Packets and bytes per reason for one session and direction.
 pub type ReasonCounters = [Counter; reason::COUNT as usize];
 
-/// Waits until every BPF program run that started before the call has
-/// finished (`membarrier(MEMBARRIER_CMD_GLOBAL)` is `synchronize_rcu()`;
-/// tc programs run inside RCU read-side sections). About 10 ms.
-fn wait_for_running_programs() -> Result<()> {
-    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
-    // SAFETY: membarrier takes no pointers.
-    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-    if rc != 0 {
-        // nohz_full kernels refuse it; programs run for microseconds, so a
-        // generous sleep is a safe substitute.
-        tracing::debug!("membarrier: {}; sleeping instead", std::io::Error::last_os_error());
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    Ok(())
-}
-
 /// `SOURCE_INDEX`, mapped into this process (the map is `BPF_F_MMAPABLE`):
 /// a cell is published with one atomic store, so a program reading it
 /// concurrently sees the old or the new reference, never a mix.
@@ -314,7 +298,7 @@ impl Store {
     /// Waits for every program run that may still use what was just removed
     /// (e.g. a copy being cut by a destination hook about to be detached).
     pub fn wait_for_readers(&mut self) -> Result<()> {
-        wait_for_running_programs()?;
+        crate::rcu::wait_for_running_programs()?;
         self.freed_since_grace_period = false;
         self.entries_pool.settle(self.hooks.values().map(|h| h.entry).chain(self.stray.iter().copied()));
         Ok(())
