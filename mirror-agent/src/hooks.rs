@@ -192,7 +192,7 @@ fn attached_in(dir: &std::path::Path) -> Result<Vec<Attached>> {
 /// The hooks the current sessions need.
 fn desired(store: &Store) -> Result<BTreeSet<Hook>> {
     let mut hooks = BTreeSet::new();
-    for (key, _) in store.source_hooks()? {
+    for (key, _) in store.source_hooks() {
         hooks.insert(Hook { kind: HookKind::source(key.direction), ifindex: key.ifindex });
     }
     for session in store.sessions()? {

@@ -150,6 +150,9 @@ struct Hook {
     cell: u32,
     /// Number of its `SOURCE_ENTRIES` element.
     entry: u32,
+    /// What that element holds: the agent is its only writer (under the
+    /// lock), so reads need no syscall.
+    sessions: SourceEntry,
 }
 
 impl Hook {
@@ -277,7 +280,8 @@ impl Store {
         }
         for cell in 0..source_index::CELLS {
             let Some(entry) = entry_of(self.index.cell(cell).load(Ordering::Acquire)) else { continue };
-            let hook = self.entries.get(&entry, 0).context("reading SOURCE_ENTRIES")?.hook;
+            let sessions = self.entries.get(&entry, 0).context("reading SOURCE_ENTRIES")?;
+            let hook = sessions.hook;
             // Programs ignore an entry that is not the cell's hook's; so do
             // we, but it stays busy: programs may still reach it.
             let owned = if cell < source_index::OVERFLOW_BASE {
@@ -286,7 +290,7 @@ impl Store {
                 overflow_cells.get(&cell) == Some(&hook)
             };
             if owned {
-                self.hooks.insert(hook, Hook { cell, entry });
+                self.hooks.insert(hook, Hook { cell, entry, sessions });
             } else {
                 tracing::warn!(cell, entry, "index cell refers to another hook's entry; ignored");
                 self.stray.push(entry);
@@ -338,14 +342,15 @@ impl Store {
                 }
             }
         };
+        let hook = Hook { cell, entry: number, sessions: entry };
         // Entry first, then the reference to it, then (new overflow hooks)
         // the way to the reference.
         self.index.cell(cell).store(entry_ref(number), Ordering::Release);
-        if existing.is_none() && cell >= source_index::OVERFLOW_BASE {
+        if existing.is_none() && hook.in_overflow() {
             self.overflow.insert(key, cell, 0).context("writing SOURCE_OVERFLOW")?;
         }
         // A previous entry stays busy until the next grace period.
-        self.hooks.insert(key, Hook { cell, entry: number });
+        self.hooks.insert(key, hook);
         Ok(())
     }
 
@@ -368,11 +373,8 @@ impl Store {
         Ok(())
     }
 
-    fn hook_entry(&self, key: &SourceKey) -> Result<Option<SourceEntry>> {
-        self.hooks
-            .get(key)
-            .map(|h| self.entries.get(&h.entry, 0).context("reading SOURCE_ENTRIES"))
-            .transpose()
+    fn hook_entry(&self, key: &SourceKey) -> Option<SourceEntry> {
+        self.hooks.get(key).map(|h| h.sessions)
     }
 
     /// Opens the maps, creating and pinning them first if needed.
@@ -393,7 +395,7 @@ impl Store {
                 by_id.insert(id, Session { id, config, sources: Vec::new() });
             }
         }
-        for (key, entry) in self.source_hooks()? {
+        for (key, entry) in self.source_hooks() {
             for slot in &entry.slots[..entry.slot_count as usize] {
                 if let Some(s) = by_id.get_mut(&slot.session_id)
                     && !s.sources.contains(&key.ifindex)
@@ -406,11 +408,8 @@ impl Store {
     }
 
     /// Every (source, direction) hook with its entry.
-    pub fn source_hooks(&self) -> Result<Vec<(SourceKey, SourceEntry)>> {
-        self.hooks
-            .iter()
-            .map(|(key, h)| Ok((*key, self.entries.get(&h.entry, 0).context("reading SOURCE_ENTRIES")?)))
-            .collect()
+    pub fn source_hooks(&self) -> Vec<(SourceKey, SourceEntry)> {
+        self.hooks.iter().map(|(key, h)| (*key, h.sessions)).collect()
     }
 
     pub fn find(&self, name: &str) -> Result<Option<Session>> {
@@ -433,7 +432,7 @@ impl Store {
         for (name, ifindex) in sources {
             for dir in directions(direction_mask) {
                 let key = SourceKey { ifindex: *ifindex, direction: dir };
-                match self.hook_entry(&key)? {
+                match self.hook_entry(&key) {
                     Some(entry) if entry.slot_count as usize >= MAX_SESSIONS_PER_SOURCE => {
                         return Err(InputError::SourceFull {
                             source_name: name.clone(),
@@ -471,7 +470,7 @@ impl Store {
         for &ifindex in sources {
             for dir in directions(config.direction_mask) {
                 let key = SourceKey { ifindex, direction: dir };
-                let mut entry = self.hook_entry(&key)?.unwrap_or_default();
+                let mut entry = self.hook_entry(&key).unwrap_or_default();
                 let n = entry.slot_count as usize;
                 anyhow::ensure!(n < MAX_SESSIONS_PER_SOURCE, "source {ifindex} is full");
                 entry.slots[n] = SessionSlot {
@@ -489,7 +488,7 @@ impl Store {
 
     /// Takes the session off every source hook (deleting hooks left empty).
     pub fn remove_sources(&mut self, id: u32) -> Result<()> {
-        for (key, entry) in self.source_hooks()? {
+        for (key, entry) in self.source_hooks() {
             let kept: Vec<SessionSlot> = entry.slots[..entry.slot_count as usize]
                 .iter()
                 .copied()

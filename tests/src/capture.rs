@@ -1,7 +1,7 @@
 //! AF_PACKET capture inside a namespace: every frame an interface receives,
 //! with its true length (MSG_TRUNC) and the first bytes kept for parsing.
 use std::{
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd as _, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -156,23 +156,8 @@ fn open(dev: &str) -> OwnedFd {
     assert_eq!(rc, 0, "bind AF_PACKET to {dev}: {}", std::io::Error::last_os_error());
     let timeout = libc::timeval { tv_sec: 0, tv_usec: 20_000 };
     let rcvbuf: libc::c_int = 32 << 20;
-    // SAFETY: setsockopt with correctly sized values.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            size_of::<libc::timeval>() as u32,
-        );
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&raw const rcvbuf).cast(),
-            size_of::<libc::c_int>() as u32,
-        );
-    }
+    set_socket_option(&sock, libc::SO_RCVTIMEO, &timeout);
+    set_socket_option(&sock, libc::SO_RCVBUFFORCE, &rcvbuf);
     sock
 }
 
@@ -201,5 +186,20 @@ fn drain(sock: &OwnedFd, buf: &mut [u8], frames: &mut Vec<Frame>) {
         }
         let len = n as usize;
         frames.push(Frame { len, head: buf[..len.min(buf.len())].to_vec() });
+    }
+}
+
+/// `setsockopt(SOL_SOCKET, name, value)`, best effort (as before: a capture
+/// still works with the default timeout and buffer).
+fn set_socket_option<T>(sock: &impl AsRawFd, name: libc::c_int, value: &T) {
+    // SAFETY: `value` is a live `T`, and its exact size is passed along.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            std::ptr::from_ref(value).cast(),
+            size_of::<T>() as u32,
+        );
     }
 }

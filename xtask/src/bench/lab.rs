@@ -115,6 +115,15 @@ fn delete_namespaces() {
     }
 }
 
+/// Drops `ebpf` (detaching its programs) inside `ns`: detaching must happen
+/// where the interfaces live.
+fn detach_in(ns: &str, ebpf: Option<Ebpf>) -> Result<()> {
+    in_ns(ns, move || {
+        drop(ebpf);
+        Ok(())
+    })
+}
+
 fn load_sink(object: &[u8], ns: &str) -> Result<Ebpf> {
     in_ns(ns, || {
         let mut ebpf = Ebpf::load(object).context("loading the bench object")?;
@@ -238,12 +247,7 @@ impl Lab {
     /// Attaches (or detaches) `bench_clone_floor` at tcx/ingress and egress of
     /// `source`, cloning to `dest`.
     pub fn set_clone_floor(&mut self, on: Option<(&str, &str)>) -> Result<()> {
-        let old = self.clone_floor.take();
-        // Detaching must happen where the interface lives.
-        in_ns(HOST, move || {
-            drop(old);
-            Ok(())
-        })?;
+        detach_in(HOST, self.clone_floor.take())?;
         let Some((source, dest)) = on else { return Ok(()) };
         let object = &self.object;
         self.clone_floor = Some(in_ns(HOST, || {
@@ -271,14 +275,7 @@ impl Lab {
     pub fn set_sink_drop(&mut self, dropping: bool) -> Result<()> {
         match (dropping, self.sink.is_some()) {
             (true, false) => self.sink = Some(load_sink(&self.object, SINK)?),
-            (false, true) => {
-                // Detaching must happen where the interface lives.
-                let sink = self.sink.take();
-                in_ns(SINK, move || {
-                    drop(sink);
-                    Ok(())
-                })?;
-            }
+            (false, true) => detach_in(SINK, self.sink.take())?,
             _ => {}
         }
         Ok(())
