@@ -305,6 +305,14 @@ impl SessionConfig {
     }
 }
 
+/// Bits of [`SessionConfig::flags`]: facts about the session only the agent
+/// reads. Append; never renumber.
+pub mod session_flags {
+    /// The session belongs to a daemon's config (`mirror-agent run`), not
+    /// to the CLI: the daemon changes and removes only these.
+    pub const OWNER_CONFIG: u32 = 1 << 0;
+}
+
 /// `COUNTERS` value (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

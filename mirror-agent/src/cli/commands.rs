@@ -1,19 +1,22 @@
 //! The CLI's verbs. Each validates all input before touching anything, then
 //! changes the maps and reconciles the hooks under the namespace lock.
-use std::{fs, path::PathBuf, time::SystemTime};
+use std::{collections::BTreeMap, fs, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 use mirror_common::{
-    Counter, GLOBAL_SESSION_ID, SNAPLEN_MAX, SNAPLEN_MIN, SessionConfig, direction, names, reason,
+    Counter, GLOBAL_SESSION_ID, SNAPLEN_MAX, SNAPLEN_MIN, SourceKey, direction, names, reason,
 };
 use serde_json::{Value, json};
 
 use crate::{
-    bpffs::{self, DirLock, Layout},
+    dataplane::{
+        bpffs::{self, DirLock, Layout},
+        hooks::{self, AttachMode},
+        sessions::{self, Change, SessionSpec},
+        store::{self, Owner, ReasonCounters, Session, Store},
+    },
     error::InputError,
-    hooks::{self, AttachMode},
-    iface,
-    store::{self, ReasonCounters, Session, Store},
+    net::iface,
 };
 
 /// Where the verbs operate.
@@ -26,15 +29,17 @@ pub struct Context {
 }
 
 /// Which of a source's directions a session taps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     Ingress,
     Egress,
+    #[default]
     Both,
 }
 
 impl Direction {
-    fn mask(self) -> u32 {
+    pub fn mask(self) -> u32 {
         match self {
             Self::Ingress => direction::INGRESS_BIT,
             Self::Egress => direction::EGRESS_BIT,
@@ -43,7 +48,7 @@ impl Direction {
     }
 }
 
-fn mask_name(mask: u32) -> &'static str {
+pub fn mask_name(mask: u32) -> &'static str {
     match mask {
         m if m == direction::INGRESS_BIT => "ingress",
         m if m == direction::EGRESS_BIT => "egress",
@@ -77,7 +82,7 @@ fn resolve(ctx: &Context, name: &str) -> Result<u32, InputError> {
 
 pub fn attach(ctx: &Context, args: &AttachArgs) -> Result<()> {
     // 1. Everything that can be checked without state.
-    let packed_name = store::pack_name(&args.name)?;
+    store::pack_name(&args.name)?;
     if args.snaplen != 0 && !(u64::from(SNAPLEN_MIN)..=u64::from(SNAPLEN_MAX)).contains(&args.snaplen) {
         return Err(InputError::SnaplenOutOfRange(args.snaplen).into());
     }
@@ -97,59 +102,70 @@ pub fn attach(ctx: &Context, args: &AttachArgs) -> Result<()> {
         return Err(InputError::DestinationIsLoopback(args.dest.clone()).into());
     }
 
+    let mut taps = BTreeMap::new();
+    for (name, ifindex) in &sources {
+        for d in store::directions(args.direction.mask()) {
+            taps.insert(SourceKey { ifindex: *ifindex, direction: d }, name.clone());
+        }
+    }
+    let spec = SessionSpec {
+        name: args.name.clone(),
+        owner: Owner::Cli,
+        dest_ifindex,
+        snaplen: args.snaplen as u32,
+        direction_mask: args.direction.mask(),
+        taps,
+    };
+
     // 2. Checks against existing sessions, under the lock.
     bpffs::ensure_mounted(&ctx.layout.bpffs)?;
     let layout = &ctx.layout;
     let _lock = DirLock::acquire(&layout.bpffs, true)?;
     fs::create_dir_all(&layout.dir).with_context(|| format!("creating {}", layout.dir.display()))?;
-    let config = SessionConfig {
-        name: packed_name,
-        dest_ifindex,
-        snaplen: args.snaplen as u32,
-        direction_mask: args.direction.mask(),
-        created_unix_secs: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        ..SessionConfig::EMPTY
-    };
+    let named_taps: Vec<(String, SourceKey)> = spec.taps.iter().map(|(k, n)| (n.clone(), *k)).collect();
     let existing = Store::open(layout)?;
     if let Some(existing) = &existing {
         if existing.find(&args.name)?.is_some() {
             return Err(InputError::DuplicateSession(args.name.clone()).into());
         }
-        existing.check_capacity(&sources, config.direction_mask)?;
+        existing.check_capacity(&named_taps)?;
     } else {
-        store::check_hook_count(0, sources.len() * store::directions(config.direction_mask).count())?;
+        store::check_hook_count(0, named_taps.len())?;
     }
 
-    // 3. Change: session first, then its destination hook, then sources.
+    // 3. Change, through the reconcile the daemon uses.
     let mut store = match existing {
         Some(store) => store,
         None => Store::open_or_create(layout)?,
     };
-    let id = store.insert_session(&config)?;
-    let ifindexes: Vec<u32> = sources.iter().map(|(_, i)| *i).collect();
-    let result = hooks::reconcile(&store, layout, ctx.mode)
-        .and_then(|()| store.add_sources(id, &config, &ifindexes))
-        .and_then(|()| hooks::reconcile(&store, layout, ctx.mode));
-    if let Err(err) = result {
+    let changes = sessions::plan(Some(&store), std::slice::from_ref(&spec), Owner::Cli, false)?;
+    if let Some(Change::Refused { why, .. }) = changes.iter().find(|c| matches!(c, Change::Refused { .. })) {
+        anyhow::bail!("attaching session {:?}: {why}", args.name);
+    }
+    if let Err(err) = sessions::apply(&mut store, layout, ctx.mode, &changes) {
         // Undo: nothing of this session may stay behind.
-        let undo = store
-            .remove_sources(id)
-            .and_then(|()| store.clear_session(id))
-            .and_then(|()| hooks::reconcile(&store, layout, ctx.mode))
-            .and_then(|()| cleanup_if_unused(store, layout));
+        let undo = store.find(&args.name).and_then(|found| match found {
+            Some(s) => sessions::apply(
+                &mut store,
+                layout,
+                ctx.mode,
+                &[Change::Remove { id: s.id, name: args.name.clone() }],
+            )
+            .map(drop),
+            None => Ok(()),
+        });
+        let undo = undo.and_then(|()| cleanup_if_unused(store, layout));
         if let Err(undo_err) = undo {
             tracing::error!("rolling back session {}: {undo_err:#}", args.name);
         }
         return Err(err.context(format!("attaching session {:?}", args.name)));
     }
-    tracing::info!(session = args.name, id, "session attached");
+    crate::daemon::audit::record("cli", "attach", &args.name, &format!("{}", changes[0]));
     Ok(())
 }
 
 /// Unpins everything once no session is left in the namespace.
-fn cleanup_if_unused(store: Store, layout: &Layout) -> Result<()> {
+pub fn cleanup_if_unused(store: Store, layout: &Layout) -> Result<()> {
     if !store.sessions()?.is_empty() || hooks::attached_count(layout)? != 0 {
         return Ok(());
     }
@@ -185,19 +201,12 @@ pub fn detach(ctx: &Context, name: Option<&str>, all: bool) -> Result<()> {
         let name = name.unwrap_or_default();
         vec![sessions.iter().find(|s| s.name() == name).ok_or_else(unknown)?]
     };
-    // Sources first so no new copy is made, then the hooks, then the config
-    // the destination hook still reads for copies in flight.
-    for s in &targets {
-        store.remove_sources(s.id)?;
+    let changes: Vec<Change> =
+        targets.iter().map(|s| Change::Remove { id: s.id, name: s.name().to_owned() }).collect();
+    sessions::apply(&mut store, layout, ctx.mode, &changes)?;
+    for c in &changes {
+        crate::daemon::audit::record("cli", "detach", c.name(), &c.to_string());
     }
-    // No source program still running may be sending a copy through a
-    // destination hook we are about to remove.
-    store.wait_for_readers()?;
-    hooks::detach_unneeded(&store, layout)?;
-    for s in &targets {
-        store.clear_session(s.id)?;
-    }
-    hooks::detach_unneeded(&store, layout)?;
     cleanup_if_unused(store, layout)
 }
 
@@ -210,6 +219,7 @@ fn session_json(s: &Session) -> Value {
         "dest": iface_json(dest),
         "dest_state": iface::state(dest).as_str(),
         "direction": mask_name(s.config.direction_mask),
+        "owner": s.owner().as_str(),
         "snaplen": s.config.snaplen,
         "created_unix_secs": s.config.created_unix_secs,
     })
@@ -219,7 +229,7 @@ fn iface_json(ifindex: u32) -> Value {
     json!({ "ifindex": ifindex, "name": iface::name(ifindex) })
 }
 
-fn iface_label(ifindex: u32) -> String {
+pub fn iface_label(ifindex: u32) -> String {
     iface::name(ifindex).unwrap_or_else(|| format!("#{ifindex}(gone)"))
 }
 
@@ -254,16 +264,17 @@ pub fn list(ctx: &Context, as_json: bool) -> Result<()> {
         return print_no_sessions(ctx);
     }
     println!(
-        "{:<20} {:>4}  {:<9} {:>7}  {:<24} SOURCES",
-        "NAME", "ID", "DIRECTION", "SNAPLEN", "DEST (STATE)"
+        "{:<20} {:>4}  {:<6} {:<9} {:>7}  {:<24} SOURCES",
+        "NAME", "ID", "OWNER", "DIRECTION", "SNAPLEN", "DEST (STATE)"
     );
     for s in &sessions {
         let dest = s.config.dest_ifindex;
         let sources: Vec<String> = s.sources.iter().map(|i| iface_label(*i)).collect();
         println!(
-            "{:<20} {:>4}  {:<9} {:>7}  {:<24} {}",
+            "{:<20} {:>4}  {:<6} {:<9} {:>7}  {:<24} {}",
             s.name(),
             s.id,
+            s.owner().as_str(),
             mask_name(s.config.direction_mask),
             if s.config.snaplen == 0 { "full".to_owned() } else { s.config.snaplen.to_string() },
             format!("{} ({})", iface_label(dest), iface::state(dest).as_str()),
@@ -295,7 +306,7 @@ fn counter_json(c: Counter) -> Value {
     json!({ "packets": c.packets, "bytes": c.bytes })
 }
 
-fn failed(counters: &ReasonCounters) -> Counter {
+pub fn failed(counters: &ReasonCounters) -> Counter {
     let mut total = Counter::default();
     for (r, c) in counters.iter().enumerate() {
         if reason::is_failure(r as u32) {
@@ -411,4 +422,22 @@ pub fn stats(ctx: &Context, name: Option<&str>, as_json: bool) -> Result<()> {
 /// Default bpffs mount point.
 pub fn default_bpffs() -> PathBuf {
     PathBuf::from("/sys/fs/bpf")
+}
+
+/// `check`: validates the config and prints the plan; changes nothing.
+pub fn check(ctx: &Context, config_path: &std::path::Path) -> Result<()> {
+    let config = crate::daemon::config::load(config_path)?;
+    let host = crate::daemon::run::read_host_blocking(&config)?;
+    let (changes, res) = crate::daemon::run::plan_and_apply(ctx, &config, &host, false)?;
+    println!("config {} is valid: {} session(s)", config_path.display(), config.sessions.len());
+    for c in &changes {
+        println!("  {c}");
+    }
+    for d in &res.denied {
+        println!("  deny {}: source {:?} {}", d.session, d.interface, d.why);
+    }
+    for (session, note) in &res.notes {
+        println!("  note {session}: {note}");
+    }
+    Ok(())
 }

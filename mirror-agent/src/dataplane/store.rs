@@ -16,10 +16,10 @@ use aya::{
 use mirror_common::{
     Counter, EntryRef, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, MAX_SOURCE_HOOKS, NO_ENTRY, SESSION_NAME_LEN,
     SOURCE_ENTRY_COUNT, SessionConfig, SessionSlot, SourceEntry, SourceKey, counter_index, direction, names,
-    reason, source_index,
+    reason, session_flags, source_index,
 };
 
-use crate::{bpffs::Layout, error::InputError};
+use crate::{dataplane::bpffs::Layout, error::InputError};
 
 /// The eBPF object built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror"));
@@ -40,13 +40,48 @@ pub fn load_object(layout: &Layout) -> Result<aya::Ebpf> {
 pub struct Session {
     pub id: u32,
     pub config: SessionConfig,
-    /// Source ifindexes, in the order they were given.
+    /// Source ifindexes, in ifindex order.
     pub sources: Vec<u32>,
+    /// Every (source, direction) hook the session is fed by.
+    pub taps: Vec<SourceKey>,
 }
 
 impl Session {
     pub fn name(&self) -> &str {
         name_of(&self.config)
+    }
+
+    /// Who made the session: the CLI or a daemon's config.
+    pub fn owner(&self) -> Owner {
+        Owner::of(&self.config)
+    }
+}
+
+/// Who made a session, recorded in its [`SessionConfig::flags`]. The daemon
+/// only ever changes sessions of its own config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Cli,
+    Config,
+}
+
+impl Owner {
+    pub fn of(config: &SessionConfig) -> Self {
+        if config.flags & session_flags::OWNER_CONFIG != 0 { Self::Config } else { Self::Cli }
+    }
+
+    pub fn flags(self) -> u32 {
+        match self {
+            Self::Cli => 0,
+            Self::Config => session_flags::OWNER_CONFIG,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cli => "cli",
+            Self::Config => "config",
+        }
     }
 }
 
@@ -302,7 +337,7 @@ impl Store {
     /// Waits for every program run that may still use what was just removed
     /// (e.g. a copy being cut by a destination hook about to be detached).
     pub fn wait_for_readers(&mut self) -> Result<()> {
-        crate::rcu::wait_for_running_programs()?;
+        crate::dataplane::rcu::wait_for_running_programs()?;
         self.freed_since_grace_period = false;
         self.entries_pool.settle(self.hooks.values().map(|h| h.entry).chain(self.stray.iter().copied()));
         Ok(())
@@ -392,15 +427,16 @@ impl Store {
         for id in 1..MAX_SESSIONS {
             let config = self.sessions.get(&id, 0).context("reading SESSIONS")?;
             if !config.is_free() {
-                by_id.insert(id, Session { id, config, sources: Vec::new() });
+                by_id.insert(id, Session { id, config, sources: Vec::new(), taps: Vec::new() });
             }
         }
         for (key, entry) in self.source_hooks() {
             for slot in &entry.slots[..entry.slot_count as usize] {
-                if let Some(s) = by_id.get_mut(&slot.session_id)
-                    && !s.sources.contains(&key.ifindex)
-                {
-                    s.sources.push(key.ifindex);
+                if let Some(s) = by_id.get_mut(&slot.session_id) {
+                    s.taps.push(key);
+                    if !s.sources.contains(&key.ifindex) {
+                        s.sources.push(key.ifindex);
+                    }
                 }
             }
         }
@@ -410,6 +446,11 @@ impl Store {
     /// Every (source, direction) hook with its entry.
     pub fn source_hooks(&self) -> Vec<(SourceKey, SourceEntry)> {
         self.hooks.iter().map(|(key, h)| (*key, h.sessions)).collect()
+    }
+
+    /// The configuration of session `id`.
+    pub fn session_config(&self, id: u32) -> Result<SessionConfig> {
+        self.sessions.get(&id, 0).context("reading SESSIONS")
     }
 
     pub fn find(&self, name: &str) -> Result<Option<Session>> {
@@ -426,26 +467,33 @@ impl Store {
     }
 
     /// Checks that every (source, direction) can take one more session, and
-    /// the namespace the hooks that would be new.
-    pub fn check_capacity(&self, sources: &[(String, u32)], direction_mask: u32) -> Result<()> {
+    /// the namespace the hooks that would be new. `taps` name their source.
+    pub fn check_capacity(&self, taps: &[(String, SourceKey)]) -> Result<()> {
         let mut new_hooks = 0;
-        for (name, ifindex) in sources {
-            for dir in directions(direction_mask) {
-                let key = SourceKey { ifindex: *ifindex, direction: dir };
-                match self.hook_entry(&key) {
-                    Some(entry) if entry.slot_count as usize >= MAX_SESSIONS_PER_SOURCE => {
-                        return Err(InputError::SourceFull {
-                            source_name: name.clone(),
-                            direction: direction_name(dir),
-                        }
-                        .into());
+        for (name, key) in taps {
+            match self.hook_entry(key) {
+                Some(entry) if entry.slot_count as usize >= MAX_SESSIONS_PER_SOURCE => {
+                    return Err(InputError::SourceFull {
+                        source_name: name.clone(),
+                        direction: direction_name(key.direction),
                     }
-                    Some(_) => {}
-                    None => new_hooks += 1,
+                    .into());
                 }
+                Some(_) => {}
+                None => new_hooks += 1,
             }
         }
         check_hook_count(self.hooks.len(), new_hooks)
+    }
+
+    /// Sessions already on hook `key`.
+    pub fn hook_fan_out(&self, key: &SourceKey) -> usize {
+        self.hook_entry(key).map_or(0, |e| e.slot_count as usize)
+    }
+
+    /// Number of (source, direction) hooks in use.
+    pub fn hook_count(&self) -> usize {
+        self.hooks.len()
     }
 
     /// Writes the session's configuration (with fresh counters) and returns
@@ -465,30 +513,37 @@ impl Store {
         Ok(id)
     }
 
-    /// Appends the session to each source hook it taps.
-    pub fn add_sources(&mut self, id: u32, config: &SessionConfig, sources: &[u32]) -> Result<()> {
-        for &ifindex in sources {
-            for dir in directions(config.direction_mask) {
-                let key = SourceKey { ifindex, direction: dir };
-                let mut entry = self.hook_entry(&key).unwrap_or_default();
-                let n = entry.slot_count as usize;
-                anyhow::ensure!(n < MAX_SESSIONS_PER_SOURCE, "source {ifindex} is full");
-                entry.slots[n] = SessionSlot {
-                    session_id: id,
-                    dest_ifindex: config.dest_ifindex,
-                    snaplen: config.snaplen,
-                    flags: 0,
-                };
-                entry.slot_count += 1;
-                self.set_hook(key, entry)?;
+    /// Appends the session to each hook of `taps`.
+    pub fn add_taps(&mut self, id: u32, config: &SessionConfig, taps: &[SourceKey]) -> Result<()> {
+        for &key in taps {
+            let mut entry = self.hook_entry(&key).unwrap_or_default();
+            let n = entry.slot_count as usize;
+            if entry.slots[..n].iter().any(|s| s.session_id == id) {
+                continue;
             }
+            anyhow::ensure!(n < MAX_SESSIONS_PER_SOURCE, "source {} is full", key.ifindex);
+            entry.slots[n] = slot_of(id, config);
+            entry.slot_count += 1;
+            self.set_hook(key, entry)?;
         }
         Ok(())
     }
 
     /// Takes the session off every source hook (deleting hooks left empty).
     pub fn remove_sources(&mut self, id: u32) -> Result<()> {
+        self.remove_taps_where(id, |_| true)
+    }
+
+    /// Takes the session off the hooks of `taps`.
+    pub fn remove_taps(&mut self, id: u32, taps: &[SourceKey]) -> Result<()> {
+        self.remove_taps_where(id, |k| taps.contains(k))
+    }
+
+    fn remove_taps_where(&mut self, id: u32, which: impl Fn(&SourceKey) -> bool) -> Result<()> {
         for (key, entry) in self.source_hooks() {
+            if !which(&key) {
+                continue;
+            }
             let kept: Vec<SessionSlot> = entry.slots[..entry.slot_count as usize]
                 .iter()
                 .copied()
@@ -503,6 +558,28 @@ impl Store {
                 let mut new = SourceEntry { slot_count: kept.len() as u32, ..Default::default() };
                 new.slots[..kept.len()].copy_from_slice(&kept);
                 self.set_hook(key, new)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites a live session's configuration (its destination, snap
+    /// length…). Its hooks keep the old copy until [`Self::refresh_slots`]:
+    /// the caller attaches what the new configuration needs in between.
+    pub fn update_session(&mut self, id: u32, config: &SessionConfig) -> Result<()> {
+        self.sessions.set(id, config, 0).context("writing SESSIONS")
+    }
+
+    /// Makes every hook feeding session `id` carry its current configuration.
+    pub fn refresh_slots(&mut self, id: u32) -> Result<()> {
+        let config = self.sessions.get(&id, 0).context("reading SESSIONS")?;
+        let want = slot_of(id, &config);
+        for (key, mut entry) in self.source_hooks() {
+            let n = entry.slot_count as usize;
+            let Some(slot) = entry.slots[..n].iter_mut().find(|s| s.session_id == id) else { continue };
+            if *slot != want {
+                *slot = want;
+                self.set_hook(key, entry)?;
             }
         }
         Ok(())
@@ -528,6 +605,11 @@ impl Store {
         out[reason::MATCHED as usize] = matched(&out);
         Ok(out)
     }
+}
+
+/// What a hook needs of a session to copy for it.
+fn slot_of(id: u32, config: &SessionConfig) -> SessionSlot {
+    SessionSlot { session_id: id, dest_ifindex: config.dest_ifindex, snaplen: config.snaplen, flags: 0 }
 }
 
 /// Packets selected by a session: each was counted under exactly one outcome;

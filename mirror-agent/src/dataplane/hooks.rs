@@ -17,7 +17,10 @@ use aya::{
 };
 use mirror_common::{direction, names};
 
-use crate::{bpffs::Layout, iface, store::Store, tc_netlink};
+use crate::{
+    dataplane::{bpffs::Layout, store::Store},
+    net::{iface, tc_netlink},
+};
 
 /// How programs are attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -212,24 +215,40 @@ pub fn attached_count(layout: &Layout) -> Result<usize> {
 /// its program is among the hook's programs: someone may have detached the
 /// link (`bpftool link detach`), or the interface may be gone. clsact filters
 /// are taken as live (their identity is the (priority, handle) record).
-fn is_live(a: &Attached) -> bool {
+///
+/// `Err` means *could not check* (no CAP_BPF to open the pin, no
+/// CAP_NET_ADMIN to query the hook, an LSM said no): never "gone". A caller
+/// that took it for "gone" would unpin a working session's link.
+fn is_live(a: &Attached) -> Result<bool> {
     if a.record != Record::Tcx {
-        return true;
+        return Ok(true);
     }
     let Some(ifname) = iface::name(a.hook.ifindex) else {
-        return false;
+        return Ok(false);
     };
-    let program_id = match PinnedLink::from_pin(&a.pin).map(FdLink::from).and_then(|l| l.info()) {
-        Ok(info) => info.program_id(),
-        Err(_) => return false,
-    };
-    SchedClassifier::query_tcx(&ifname, a.hook.kind.attach_type())
-        .is_ok_and(|(_, progs)| progs.iter().any(|p| p.id() == program_id))
+    let could_not_check = || format!("could not check hook {}", a.hook.describe());
+    let link = PinnedLink::from_pin(&a.pin).map(FdLink::from).with_context(could_not_check)?;
+    let program_id = link.info().with_context(could_not_check)?.program_id();
+    match SchedClassifier::query_tcx(&ifname, a.hook.kind.attach_type()) {
+        Ok((_, progs)) => Ok(progs.iter().any(|p| p.id() == program_id)),
+        // The interface went away between the two calls.
+        Err(e) if iface::index(&ifname).is_none() => {
+            tracing::debug!("{ifname} vanished while querying its hook: {e}");
+            Ok(false)
+        }
+        Err(e) => Err(e).with_context(could_not_check),
+    }
 }
 
-/// Hooks the sessions need that are not live in the kernel right now.
+/// Hooks the sessions need that are not live in the kernel right now. Fails
+/// (changing nothing) if any hook could not be checked.
 pub fn missing(store: &Store, layout: &Layout) -> Result<Vec<Hook>> {
-    let live: BTreeSet<Hook> = attached(layout)?.iter().filter(|a| is_live(a)).map(|a| a.hook).collect();
+    let mut live = BTreeSet::new();
+    for a in attached(layout)? {
+        if is_live(&a)? {
+            live.insert(a.hook);
+        }
+    }
     Ok(desired(store)?.into_iter().filter(|h| !live.contains(h)).collect())
 }
 
@@ -241,11 +260,11 @@ impl Hook {
     }
 
     /// Whether this hook serves `session`.
-    pub fn serves(&self, session: &crate::store::Session) -> bool {
+    pub fn serves(&self, session: &crate::dataplane::store::Session) -> bool {
         match self.kind.source_direction() {
             None => session.config.snaplen != 0 && session.config.dest_ifindex == self.ifindex,
             Some(dir) => {
-                session.config.direction_mask & (1 << dir) != 0 && session.sources.contains(&self.ifindex)
+                session.taps.contains(&mirror_common::SourceKey { ifindex: self.ifindex, direction: dir })
             }
         }
     }
@@ -259,13 +278,25 @@ pub fn detach_unneeded(store: &Store, layout: &Layout) -> Result<()> {
 
 /// Detaches every pinned hook not in `want`; with `repair`, also unpins the
 /// wanted ones that are no longer in their hook (so they get attached again).
+///
+/// Every wanted hook is probed before anything is detached: one that could
+/// not be checked aborts the whole call with nothing changed.
 fn detach_all_but(want: &BTreeSet<Hook>, layout: &Layout, repair: bool) -> Result<()> {
-    for a in attached(layout)? {
+    let all = attached(layout)?;
+    let mut dead = BTreeSet::new();
+    if repair {
+        for a in all.iter().filter(|a| want.contains(&a.hook)) {
+            if !is_live(a).context("nothing was changed")? {
+                dead.insert(a.pin.clone());
+            }
+        }
+    }
+    for a in &all {
         if !want.contains(&a.hook) {
-            detach(&a, want)?;
-        } else if repair && !is_live(&a) {
+            detach(a, want)?;
+        } else if dead.contains(&a.pin) {
             tracing::warn!(hook = %a.hook.describe(), "hook was detached behind our back; re-attaching");
-            detach(&a, want)?;
+            detach(a, want)?;
         }
     }
     Ok(())
@@ -288,7 +319,7 @@ pub fn reconcile(store: &Store, layout: &Layout, mode: AttachMode) -> Result<()>
         return Ok(());
     }
     fs::create_dir_all(layout.links_dir())?;
-    let mut ebpf = crate::store::load_object(layout)?;
+    let mut ebpf = crate::dataplane::store::load_object(layout)?;
     let use_tcx = mode.use_tcx();
     for hook in missing {
         attach(&mut ebpf, layout, hook, use_tcx)?;

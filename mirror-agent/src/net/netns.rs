@@ -17,8 +17,7 @@ const NETNS_RUN_DIR: &str = "/run/netns";
 /// Moves the calling thread into the named network namespace. Call before
 /// any other thread exists: `setns` only affects the calling thread.
 pub fn enter(name: &str) -> Result<()> {
-    let path =
-        if name.starts_with('/') { PathBuf::from(name) } else { PathBuf::from(NETNS_RUN_DIR).join(name) };
+    let path = path_of(name);
     let file = File::open(&path).map_err(|source| InputError::UnknownNetns {
         name: name.to_owned(),
         path: path.display().to_string(),
@@ -27,11 +26,39 @@ pub fn enter(name: &str) -> Result<()> {
     // SAFETY: plain syscall on an fd we own.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("setns into network namespace {}", path.display()));
+        let err = std::io::Error::last_os_error();
+        let hint = if err.raw_os_error() == Some(libc::EPERM) { " (needs CAP_SYS_ADMIN)" } else { "" };
+        return Err(err).with_context(|| format!("setns into network namespace {}{hint}", path.display()));
     }
     Ok(())
 }
+
+/// The namespace file of `name`: an absolute path, or an entry of /run/netns.
+pub fn path_of(name: &str) -> PathBuf {
+    if name.starts_with('/') { PathBuf::from(name) } else { PathBuf::from(NETNS_RUN_DIR).join(name) }
+}
+
+/// Names in /run/netns (the namespaces `ip netns` knows).
+pub fn named() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(NETNS_RUN_DIR) else { return Vec::new() };
+    let mut names: Vec<String> = dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    names.sort();
+    names
+}
+
+/// Runs `f` on a thread inside the named namespace; the caller's thread
+/// never changes namespace.
+pub fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let name = name.to_owned();
+    std::thread::spawn(move || -> Result<T> {
+        enter(&name)?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in network namespace panicked"))?
+}
+
+pub const RUN_DIR: &str = NETNS_RUN_DIR;
 
 /// `SO_NETNS_COOKIE` (Linux >= 5.14; not in the libc crate yet).
 const SO_NETNS_COOKIE: libc::c_int = 71;

@@ -1,0 +1,370 @@
+//! The one reconcile of sessions, used by `attach`, `detach` and the daemon:
+//! given the sessions wanted (fully resolved to ifindexes), compute a plan
+//! against what the store holds, then apply it in an order that never lets
+//! a copy go anywhere it should not:
+//!
+//! 1. sources removed (no new copy of what goes away),
+//! 2. a grace period, hooks nobody needs detached, sessions removed,
+//! 3. sessions created or changed, and the destination hooks they need,
+//! 4. sources added, and their hooks.
+//!
+//! A session whose wanted state equals what is pinned is not touched at
+//! all: no map write, no hook change, so its copies never stop.
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context as _, Result};
+use mirror_common::{MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, MAX_SOURCE_HOOKS, SessionConfig, SourceKey};
+
+use crate::{
+    dataplane::{
+        bpffs::Layout,
+        hooks::{self, AttachMode},
+        store::{self, Owner, Session, Store, direction_name},
+    },
+    error::InputError,
+};
+
+/// A session as it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSpec {
+    pub name: String,
+    pub owner: Owner,
+    /// 0 while the destination does not exist: copies are then counted as
+    /// `dest_missing` and the session resumes when it comes back.
+    pub dest_ifindex: u32,
+    pub snaplen: u32,
+    pub direction_mask: u32,
+    /// (source ifindex, direction) hooks, each with the name it had when
+    /// resolved (for messages).
+    pub taps: BTreeMap<SourceKey, String>,
+}
+
+impl SessionSpec {
+    fn config(&self, created_unix_secs: u64) -> Result<SessionConfig> {
+        Ok(SessionConfig {
+            name: store::pack_name(&self.name)?,
+            dest_ifindex: self.dest_ifindex,
+            snaplen: self.snaplen,
+            direction_mask: self.direction_mask,
+            flags: self.owner.flags(),
+            created_unix_secs,
+            ..SessionConfig::EMPTY
+        })
+    }
+
+    /// True if `s` is already this session, exactly.
+    fn matches_config(&self, s: &Session) -> bool {
+        s.config.dest_ifindex == self.dest_ifindex
+            && s.config.snaplen == self.snaplen
+            && s.config.direction_mask == self.direction_mask
+            && s.owner() == self.owner
+    }
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Create(SessionSpec),
+    Update {
+        id: u32,
+        spec: SessionSpec,
+        /// Destination, snap length or direction changed.
+        config_changed: bool,
+        add: Vec<SourceKey>,
+        remove: Vec<SourceKey>,
+    },
+    Remove {
+        id: u32,
+        name: String,
+    },
+    /// Wanted and already exactly so.
+    Unchanged {
+        name: String,
+    },
+    /// Wanted, but it cannot be made so; nothing of it is touched.
+    Refused {
+        name: String,
+        why: String,
+    },
+}
+
+impl Change {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Create(spec) | Self::Update { spec, .. } => &spec.name,
+            Self::Remove { name, .. } | Self::Unchanged { name } | Self::Refused { name, .. } => name,
+        }
+    }
+
+    /// True if applying it writes anything.
+    pub fn is_effective(&self) -> bool {
+        matches!(self, Self::Create(_) | Self::Update { .. } | Self::Remove { .. })
+    }
+}
+
+fn key_label(key: &SourceKey, names: &BTreeMap<SourceKey, String>) -> String {
+    let name = names.get(key).cloned().unwrap_or_else(|| format!("#{}", key.ifindex));
+    format!("{name} ({})", direction_name(key.direction))
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dest = |spec: &SessionSpec| {
+            if spec.dest_ifindex == 0 { "missing".to_owned() } else { format!("#{}", spec.dest_ifindex) }
+        };
+        match self {
+            Self::Create(spec) => {
+                let taps: Vec<String> = spec.taps.keys().map(|k| key_label(k, &spec.taps)).collect();
+                write!(
+                    f,
+                    "attach {}: dest {}, snaplen {}, sources [{}]",
+                    spec.name,
+                    dest(spec),
+                    spec.snaplen,
+                    taps.join(", ")
+                )
+            }
+            Self::Update { spec, config_changed, add, remove, .. } => {
+                write!(f, "update {}:", spec.name)?;
+                if *config_changed {
+                    write!(f, " dest {}, snaplen {};", dest(spec), spec.snaplen)?;
+                }
+                let add: Vec<String> = add.iter().map(|k| key_label(k, &spec.taps)).collect();
+                let remove: Vec<String> = remove
+                    .iter()
+                    .map(|k| format!("#{} ({})", k.ifindex, direction_name(k.direction)))
+                    .collect();
+                if !add.is_empty() {
+                    write!(f, " + [{}]", add.join(", "))?;
+                }
+                if !remove.is_empty() {
+                    write!(f, " - [{}]", remove.join(", "))?;
+                }
+                Ok(())
+            }
+            Self::Remove { name, .. } => write!(f, "detach {name}"),
+            Self::Unchanged { name } => write!(f, "unchanged {name}"),
+            Self::Refused { name, why } => write!(f, "refuse {name}: {why}"),
+        }
+    }
+}
+
+/// What each hook would hold, to check capacity across a whole plan.
+#[derive(Clone)]
+struct Capacity {
+    fan_out: BTreeMap<SourceKey, usize>,
+    hooks: usize,
+}
+
+impl Capacity {
+    fn new(store: Option<&Store>, sessions: &[Session]) -> Self {
+        let mut fan_out = BTreeMap::new();
+        for s in sessions {
+            for key in &s.taps {
+                *fan_out.entry(*key).or_insert(0) += 1;
+            }
+        }
+        let hooks = store.map_or(0, Store::hook_count);
+        Self { fan_out, hooks }
+    }
+
+    /// Takes `add` in, or explains why not (and takes nothing).
+    fn take(&mut self, add: &[SourceKey], names: &BTreeMap<SourceKey, String>) -> Result<(), String> {
+        let mut new_hooks = 0;
+        for key in add {
+            match self.fan_out.get(key).copied().unwrap_or(0) {
+                0 => new_hooks += 1,
+                n if n >= MAX_SESSIONS_PER_SOURCE => {
+                    return Err(InputError::SourceFull {
+                        source_name: names.get(key).cloned().unwrap_or_default(),
+                        direction: direction_name(key.direction),
+                    }
+                    .to_string());
+                }
+                _ => {}
+            }
+        }
+        if self.hooks + new_hooks > MAX_SOURCE_HOOKS as usize {
+            return Err(InputError::TooManySourceHooks { existing: self.hooks, new: new_hooks }.to_string());
+        }
+        self.hooks += new_hooks;
+        for key in add {
+            *self.fan_out.entry(*key).or_insert(0) += 1;
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, remove: &[SourceKey]) {
+        for key in remove {
+            if let Some(n) = self.fan_out.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.fan_out.remove(key);
+                    self.hooks -= 1;
+                }
+            }
+        }
+    }
+}
+
+/// The changes that make the store hold `wanted`. With `prune`, sessions
+/// of `owner` that are not wanted are removed; sessions of another owner
+/// are never touched (a wanted name they hold is refused).
+pub fn plan(store: Option<&Store>, wanted: &[SessionSpec], owner: Owner, prune: bool) -> Result<Vec<Change>> {
+    let existing = match store {
+        Some(s) => s.sessions()?,
+        None => Vec::new(),
+    };
+    let by_name: BTreeMap<&str, &Session> = existing.iter().map(|s| (s.name(), s)).collect();
+    let wanted_names: BTreeSet<&str> = wanted.iter().map(|s| s.name.as_str()).collect();
+    let mut capacity = Capacity::new(store, &existing);
+    let mut changes = Vec::new();
+    // Removals first: what they free is available to the rest.
+    if prune {
+        for s in &existing {
+            if s.owner() == owner && !wanted_names.contains(s.name()) {
+                capacity.release(&s.taps);
+                changes.push(Change::Remove { id: s.id, name: s.name().to_owned() });
+            }
+        }
+    }
+    let removed = changes.len();
+    let mut occupied = existing.len() - removed;
+    for spec in wanted {
+        match by_name.get(spec.name.as_str()) {
+            Some(s) if s.owner() != spec.owner => changes.push(Change::Refused {
+                name: spec.name.clone(),
+                why: format!(
+                    "a session of that name was made by the {}; it is left alone",
+                    s.owner().as_str()
+                ),
+            }),
+            Some(s) => {
+                let have: BTreeSet<SourceKey> = s.taps.iter().copied().collect();
+                let want: BTreeSet<SourceKey> = spec.taps.keys().copied().collect();
+                let add: Vec<SourceKey> = want.difference(&have).copied().collect();
+                let remove: Vec<SourceKey> = have.difference(&want).copied().collect();
+                let config_changed = !spec.matches_config(s);
+                if add.is_empty() && remove.is_empty() && !config_changed {
+                    changes.push(Change::Unchanged { name: spec.name.clone() });
+                    continue;
+                }
+                let mut trial = capacity.clone();
+                trial.release(&remove);
+                if let Err(why) = trial.take(&add, &spec.taps) {
+                    // Kept as it is rather than half-changed.
+                    changes.push(Change::Refused { name: spec.name.clone(), why });
+                    continue;
+                }
+                capacity = trial;
+                changes.push(Change::Update { id: s.id, spec: spec.clone(), config_changed, add, remove });
+            }
+            None => {
+                let add: Vec<SourceKey> = spec.taps.keys().copied().collect();
+                if occupied + 1 >= MAX_SESSIONS as usize {
+                    changes.push(Change::Refused {
+                        name: spec.name.clone(),
+                        why: InputError::SessionTableFull.to_string(),
+                    });
+                    continue;
+                }
+                match capacity.take(&add, &spec.taps) {
+                    Ok(()) => {
+                        occupied += 1;
+                        changes.push(Change::Create(spec.clone()));
+                    }
+                    Err(why) => changes.push(Change::Refused { name: spec.name.clone(), why }),
+                }
+            }
+        }
+    }
+    Ok(changes)
+}
+
+fn now_unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Applies `changes` (from [`plan`] on this store). Returns the ids of the
+/// sessions created, by name.
+pub fn apply(
+    store: &mut Store,
+    layout: &Layout,
+    mode: AttachMode,
+    changes: &[Change],
+) -> Result<BTreeMap<String, u32>> {
+    let mut created = BTreeMap::new();
+    if !changes.iter().any(Change::is_effective) {
+        return Ok(created);
+    }
+    // 1. Sources that go away.
+    let mut removed_any = false;
+    for change in changes {
+        match change {
+            Change::Remove { id, name } => {
+                store.remove_sources(*id).with_context(|| format!("detaching session {name}"))?;
+                removed_any = true;
+            }
+            Change::Update { id, spec, remove, .. } if !remove.is_empty() => {
+                store.remove_taps(*id, remove).with_context(|| format!("updating session {}", spec.name))?;
+                removed_any = true;
+            }
+            _ => {}
+        }
+    }
+    // 2. No program still running may be sending a copy through a hook
+    // about to go, or reading a session slot about to be reused.
+    if removed_any {
+        store.wait_for_readers()?;
+        hooks::detach_unneeded(store, layout)?;
+    }
+    let mut cleared_any = false;
+    for change in changes {
+        if let Change::Remove { id, .. } = change {
+            store.clear_session(*id)?;
+            cleared_any = true;
+        }
+    }
+    if cleared_any {
+        hooks::detach_unneeded(store, layout)?;
+    }
+    // 3. New and changed configurations, then the destination hooks they need.
+    let mut fill = Vec::new();
+    for change in changes {
+        match change {
+            Change::Create(spec) => {
+                let config = spec.config(now_unix_secs())?;
+                let id = store
+                    .insert_session(&config)
+                    .with_context(|| format!("attaching session {}", spec.name))?;
+                created.insert(spec.name.clone(), id);
+                fill.push((id, config, spec));
+            }
+            Change::Update { id, spec, config_changed, add, .. } => {
+                let old = store.session_config(*id)?;
+                let config = spec.config(old.created_unix_secs)?;
+                if *config_changed {
+                    store.update_session(*id, &config)?;
+                }
+                if *config_changed || !add.is_empty() {
+                    fill.push((*id, config, spec));
+                }
+            }
+            _ => {}
+        }
+    }
+    hooks::reconcile(store, layout, mode)?;
+    // 4. Sources, now that their sessions' destinations are ready.
+    for (id, config, spec) in &fill {
+        let add: Vec<SourceKey> = match changes.iter().find(|c| c.name() == spec.name) {
+            Some(Change::Update { add, .. }) => add.clone(),
+            _ => spec.taps.keys().copied().collect(),
+        };
+        store.refresh_slots(*id)?;
+        store
+            .add_taps(*id, config, &add)
+            .with_context(|| format!("adding sources to session {}", spec.name))?;
+    }
+    hooks::reconcile(store, layout, mode)?;
+    Ok(created)
+}
