@@ -27,7 +27,13 @@ pub fn build(workspace_root: &Path) -> Result<PathBuf> {
     }
     let joined = env::join_paths(dirs).context("PATH with .tools/bin")?;
     // SAFETY: build scripts and xtask are single-threaded at this point.
-    unsafe { env::set_var("PATH", joined) };
+    unsafe {
+        env::set_var("PATH", joined);
+        // aya-build forwards the nested cargo's progress lines ("Compiling
+        // …") as `cargo:warning`s, which read as ~45 warnings on a first
+        // build. Quiet keeps only what matters: diagnostics and failures.
+        env::set_var("CARGO_TERM_QUIET", "true");
+    }
 
     let ebpf_dir = workspace_root.join(EBPF_PACKAGE);
     let root_dir = ebpf_dir.to_str().context("non-UTF-8 workspace path")?;

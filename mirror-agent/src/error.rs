@@ -1,7 +1,5 @@
 //! Errors an operator can act on. Each names the thing that is wrong; all of
 //! them are raised before anything is changed.
-use std::io;
-
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     #[error("unknown interface {name:?} (network namespace {netns})")]
@@ -26,13 +24,6 @@ pub enum InputError {
     TooManySourceHooks { existing: usize, new: usize },
     #[error("all {} session slots are in use", mirror_common::MAX_SESSIONS - 1)]
     SessionTableFull,
-    #[error("network namespace {name:?} not found (looked for {path})")]
-    UnknownNetns {
-        name: String,
-        path: String,
-        #[source]
-        source: io::Error,
-    },
     #[error(
         "this process runs in a private mount namespace where {bpffs} is not a bpffs \
          (typically `ip netns exec`, which remounts /sys): pinned sessions would vanish \

@@ -7,6 +7,7 @@
 #![allow(clippy::missing_panics_doc)]
 
 pub mod capture;
+pub mod daemon;
 pub mod topology;
 pub mod traffic;
 

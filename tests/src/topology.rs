@@ -68,12 +68,11 @@ impl Netns {
         })
     }
 
-    /// Moves the calling thread into this namespace (only the network one).
+    /// Moves the calling thread into this namespace (only the network one),
+    /// with the agent's own helper.
     pub fn enter(&self) {
-        let file = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("netns file");
-        // SAFETY: setns on an fd we own; affects only this thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {}: {}", self.name, std::io::Error::last_os_error());
+        mirror_agent::net::netns::enter(&self.name)
+            .unwrap_or_else(|e| panic!("entering {}: {e:#}", self.name));
     }
 
     /// `ip [-s] -j link show dev`: the interface's JSON object.

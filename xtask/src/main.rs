@@ -14,6 +14,11 @@ use clap::{Parser, Subcommand};
 
 #[path = "../../mirror-agent/ebpf_build.rs"]
 mod ebpf_build;
+/// The agent's namespace helper, by path: xtask builds before the eBPF
+/// toolchain that the agent's crate needs exists.
+#[path = "../../mirror-agent/src/net/netns.rs"]
+#[allow(dead_code, reason = "xtask needs only `enter`")]
+mod netns;
 
 #[derive(Debug, Parser)]
 #[command(name = "xtask")]

@@ -13,6 +13,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("sysctl", "procps"),
     ("tcpdump", "tcpdump"),
+    // Capability tests drop one capability at a time.
+    ("setpriv", "util-linux"),
+    ("nsenter", "util-linux"),
+    // The metrics tests: a real Prometheus server and promtool.
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+    ("curl", "curl"),
 ];
 
 pub fn all() -> Result<()> {

@@ -1,6 +1,9 @@
 //! Network namespaces, entered like `ip -n NAME`: only the network namespace
 //! of this thread changes; the mount namespace (and so bpffs) stays the
 //! caller's.
+//!
+//! Self-contained (std, libc, anyhow, thiserror) so that `xtask`, which
+//! must build before the eBPF toolchain exists, includes it by path.
 use std::{
     fs::File,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
@@ -9,7 +12,15 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::error::InputError;
+/// A namespace that is not there.
+#[derive(Debug, thiserror::Error)]
+#[error("network namespace {name:?} not found (looked for {path})")]
+pub struct UnknownNetns {
+    pub name: String,
+    pub path: String,
+    #[source]
+    pub source: std::io::Error,
+}
 
 /// Where `ip netns add` bind-mounts named namespaces.
 const NETNS_RUN_DIR: &str = "/run/netns";
@@ -18,7 +29,7 @@ const NETNS_RUN_DIR: &str = "/run/netns";
 /// any other thread exists: `setns` only affects the calling thread.
 pub fn enter(name: &str) -> Result<()> {
     let path = path_of(name);
-    let file = File::open(&path).map_err(|source| InputError::UnknownNetns {
+    let file = File::open(&path).map_err(|source| UnknownNetns {
         name: name.to_owned(),
         path: path.display().to_string(),
         source,

@@ -9,10 +9,7 @@
 //!                     vx0: VXLAN 100 → 198.18.3.2 over mon0 (the remote-collector destination)
 //! ```
 //! Static neighbours, IPv6 off, fixed MACs: the only frames are the generator's.
-use std::{
-    os::fd::AsRawFd as _,
-    process::{Command, Stdio},
-};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
@@ -63,14 +60,9 @@ pub fn ns_exec(ns: &str, args: &[&str]) -> Command {
     cmd
 }
 
-/// Moves the calling thread into namespace `ns`.
+/// Moves the calling thread into namespace `ns` (the agent's own helper).
 pub fn enter(ns: &str) -> Result<()> {
-    let f = std::fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
-    // SAFETY: setns on an fd we own; affects only this thread.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns {ns}: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
+    crate::netns::enter(ns)
 }
 
 /// Runs `f` on a thread inside `ns`.
