@@ -18,6 +18,11 @@ pub enum InputError {
     DuplicateSession(String),
     #[error("no session named {0:?}")]
     UnknownSession(String),
+    #[error(
+        "session {0:?} belongs to a daemon's config: remove it from the config (the daemon would \
+         re-create it), or stop the daemon with --on-exit remove; `detach --all` removes everything"
+    )]
+    OwnedByConfig(String),
     #[error("source {source_name:?} ({direction}) already feeds {max} sessions, the most one source can feed", max = mirror_common::MAX_SESSIONS_PER_SOURCE)]
     SourceFull { source_name: String, direction: &'static str },
     #[error("this session would add {new} source hooks to the {existing} in use; a network namespace holds at most {max}", max = mirror_common::MAX_SOURCE_HOOKS)]

@@ -112,6 +112,7 @@ pub fn attach(ctx: &Context, args: &AttachArgs) -> Result<()> {
         name: args.name.clone(),
         owner: Owner::Cli,
         dest_ifindex,
+        dest_name: args.dest.clone(),
         snaplen: args.snaplen as u32,
         direction_mask: args.direction.mask(),
         taps,
@@ -199,7 +200,11 @@ pub fn detach(ctx: &Context, name: Option<&str>, all: bool) -> Result<()> {
         sessions.iter().collect()
     } else {
         let name = name.unwrap_or_default();
-        vec![sessions.iter().find(|s| s.name() == name).ok_or_else(unknown)?]
+        let s = sessions.iter().find(|s| s.name() == name).ok_or_else(unknown)?;
+        if s.owner() == Owner::Config {
+            return Err(InputError::OwnedByConfig(name.to_owned()).into());
+        }
+        vec![s]
     };
     let changes: Vec<Change> =
         targets.iter().map(|s| Change::Remove { id: s.id, name: s.name().to_owned() }).collect();

@@ -153,6 +153,7 @@ pub fn collect(ctx: &Context, status: Option<&DaemonStatus>) -> Result<Registry>
         Some((store, _)) => {
             let sessions = store.sessions()?;
             let missing = hooks::missing(store, layout).context("probing hooks for the metrics")?;
+            let all = store.all_counters()?;
             for s in &sessions {
                 let owner = s.owner().as_str().to_owned();
                 sessions_g.get_or_create(&OwnerLabels { owner: owner.clone() }).inc();
@@ -163,8 +164,16 @@ pub fn collect(ctx: &Context, status: Option<&DaemonStatus>) -> Result<Registry>
                     if s.config.direction_mask & (1 << d) == 0 && !s.taps.iter().any(|t| t.direction == d) {
                         continue;
                     }
-                    let counters = store.counters(s.id, d)?;
+                    let counters = &all[s.id as usize][d as usize];
                     for (r, c) in counters.iter().enumerate() {
+                        // Selection and delivery always; the other reasons
+                        // once they happen (a series per failure reason ×
+                        // 4095 sessions would be mostly zeros).
+                        let always =
+                            [reason::MATCHED, reason::MIRRORED, reason::TRUNCATED].contains(&(r as u32));
+                        if !always && c.packets == 0 {
+                            continue;
+                        }
                         let l = CounterLabels {
                             session: s.name().to_owned(),
                             direction: direction_name(d).to_owned(),
@@ -176,7 +185,7 @@ pub fn collect(ctx: &Context, status: Option<&DaemonStatus>) -> Result<Registry>
                 }
             }
             for d in [direction::INGRESS, direction::EGRESS] {
-                let counters = store.counters(GLOBAL_SESSION_ID, d)?;
+                let counters = &all[GLOBAL_SESSION_ID as usize][d as usize];
                 for r in [reason::NO_SESSION, reason::COPY_NOT_REMIRRORED] {
                     let l = GlobalLabels {
                         direction: direction_name(d).to_owned(),

@@ -244,6 +244,7 @@ fn resolve_session(
         name: session,
         owner: Owner::Config,
         dest_ifindex: dest.map_or(0, |d| d.index),
+        dest_name: dest_name.clone(),
         snaplen: def.snaplen.0,
         direction_mask: def.direction.mask(),
         taps,

@@ -1,6 +1,7 @@
 //! Everything that lives in the kernel and bpffs: the pinned maps (the
 //! store), the tc hooks, the bpffs layout, RCU waits, and the reconcile
 //! that makes them match the sessions wanted.
+pub mod batch;
 pub mod bpffs;
 pub mod hooks;
 pub mod rcu;

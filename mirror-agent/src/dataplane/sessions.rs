@@ -32,6 +32,8 @@ pub struct SessionSpec {
     /// 0 while the destination does not exist: copies are then counted as
     /// `dest_missing` and the session resumes when it comes back.
     pub dest_ifindex: u32,
+    /// The destination's name (for messages).
+    pub dest_name: String,
     pub snaplen: u32,
     pub direction_mask: u32,
     /// (source ifindex, direction) hooks, each with the name it had when
@@ -110,7 +112,11 @@ fn key_label(key: &SourceKey, names: &BTreeMap<SourceKey, String>) -> String {
 impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let dest = |spec: &SessionSpec| {
-            if spec.dest_ifindex == 0 { "missing".to_owned() } else { format!("#{}", spec.dest_ifindex) }
+            if spec.dest_ifindex == 0 {
+                format!("{} (missing)", spec.dest_name)
+            } else {
+                format!("{} (#{})", spec.dest_name, spec.dest_ifindex)
+            }
         };
         match self {
             Self::Create(spec) => {

@@ -591,6 +591,43 @@ impl Store {
         Ok(())
     }
 
+    /// Counters of every session id (by id, then direction), read with a
+    /// few batch lookups; falls back to one lookup per counter on kernels
+    /// without batch support for per-CPU arrays.
+    pub fn all_counters(&self) -> Result<Vec<[ReasonCounters; 2]>> {
+        use aya::maps::IterableMap as _;
+        let cpus = nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        let flat = match super::batch::per_cpu_counters(
+            self.counters.map().fd().as_fd(),
+            mirror_common::COUNTER_SLOTS,
+            cpus,
+        ) {
+            Ok(flat) if flat.len() == mirror_common::COUNTER_SLOTS as usize => flat,
+            other => {
+                if let Err(e) = other {
+                    tracing::debug!("batch lookup of COUNTERS: {e}; reading one by one");
+                }
+                let mut all = Vec::with_capacity(MAX_SESSIONS as usize);
+                for id in 0..MAX_SESSIONS {
+                    all.push([self.counters(id, direction::INGRESS)?, self.counters(id, direction::EGRESS)?]);
+                }
+                return Ok(all);
+            }
+        };
+        let per = reason::COUNT as usize;
+        Ok(flat
+            .chunks_exact(per * 2)
+            .map(|c| {
+                let mut pair = [[Counter::default(); reason::COUNT as usize]; 2];
+                for (d, slot) in pair.iter_mut().enumerate() {
+                    slot.copy_from_slice(&c[d * per..(d + 1) * per]);
+                    slot[reason::MATCHED as usize] = matched(slot);
+                }
+                pair
+            })
+            .collect())
+    }
+
     /// Counters of one session (or [`mirror_common::GLOBAL_SESSION_ID`]) and
     /// direction, summed over CPUs, with `matched` derived from the outcomes.
     pub fn counters(&self, id: u32, dir: u32) -> Result<ReasonCounters> {

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: what a mirrored packet costs, for the agent and for
 //! the kernel's own `tc mirred`, against a no-mirror baseline, in one run on
 //! one topology, with paired, interleaved and rotated trials.
+pub mod daemon;
 mod generator;
 mod lab;
 mod variants;
