@@ -199,7 +199,9 @@ fn desired(store: &Store) -> Result<BTreeSet<Hook>> {
         hooks.insert(Hook { kind: HookKind::source(key.direction), ifindex: key.ifindex });
     }
     for session in store.sessions()? {
-        if session.config.snaplen != 0 {
+        // A destination that does not exist (ifindex 0: a daemon session
+        // waiting for it) has no hook to need.
+        if session.config.snaplen != 0 && session.config.dest_ifindex != 0 {
             hooks.insert(Hook { kind: HookKind::DstEgress, ifindex: session.config.dest_ifindex });
         }
     }
