@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::{
     dataplane::{
-        bpffs::{self, DirLock, Layout},
+        bpffs::{self, Layout, NsLock},
         hooks::{self, AttachMode},
         sessions::{self, Change, SessionSpec},
         store::{self, Owner, ReasonCounters, Session, Store},
@@ -121,8 +121,7 @@ pub fn attach(ctx: &Context, args: &AttachArgs) -> Result<()> {
     // 2. Checks against existing sessions, under the lock.
     bpffs::ensure_mounted(&ctx.layout.bpffs)?;
     let layout = &ctx.layout;
-    let _lock = DirLock::acquire(&layout.bpffs, true)?;
-    fs::create_dir_all(&layout.dir).with_context(|| format!("creating {}", layout.dir.display()))?;
+    let _lock = layout.lock(true, true)?;
     let named_taps: Vec<(String, SourceKey)> = spec.taps.iter().map(|(k, n)| (n.clone(), *k)).collect();
     let existing = Store::open(layout)?;
     if let Some(existing) = &existing {
@@ -188,10 +187,9 @@ pub fn detach(ctx: &Context, name: Option<&str>, all: bool) -> Result<()> {
     if !bpffs::is_bpffs(&layout.bpffs) {
         return if all { Ok(()) } else { Err(unknown()) };
     }
-    let _lock = DirLock::acquire(&layout.bpffs, true)?;
-    if !layout.dir.is_dir() {
+    let Some(_lock) = layout.lock(true, false)? else {
         return if all { Ok(()) } else { Err(unknown()) };
-    }
+    };
     let Some(mut store) = Store::open(layout)? else {
         return if all { layout.remove_empty_dirs() } else { Err(unknown()) };
     };
@@ -238,11 +236,11 @@ pub fn iface_label(ifindex: u32) -> String {
     iface::name(ifindex).unwrap_or_else(|| format!("#{ifindex}(gone)"))
 }
 
-fn open_read_only(ctx: &Context) -> Result<Option<(Store, DirLock)>> {
+fn open_read_only(ctx: &Context) -> Result<Option<(Store, NsLock)>> {
     if !bpffs::is_bpffs(&ctx.layout.bpffs) {
         return Ok(None);
     }
-    let lock = DirLock::acquire(&ctx.layout.bpffs, false)?;
+    let Some(lock) = ctx.layout.lock(false, false)? else { return Ok(None) };
     Ok(Store::open(&ctx.layout)?.map(|s| (s, lock)))
 }
 

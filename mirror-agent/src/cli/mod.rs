@@ -174,7 +174,7 @@ pub fn run(cli: Cli) -> Result<()> {
         if caps::is_permission_error(&e) {
             e.context(format!(
                 "the kernel refused an operation: {verb} needs CAP_BPF and CAP_NET_ADMIN (and CAP_SYS_ADMIN for -n), \
-                 with no LSM policy denying them; no other session was touched"
+                 and no LSM policy denying what they allow"
             ))
         } else {
             e

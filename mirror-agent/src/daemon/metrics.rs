@@ -24,8 +24,7 @@ use tokio::{
 use crate::{
     cli::commands::Context,
     dataplane::{
-        bpffs::{self, DirLock},
-        hooks,
+        bpffs, hooks,
         store::{Store, direction_name},
     },
 };
@@ -143,12 +142,11 @@ pub fn collect(ctx: &Context, status: Option<&DaemonStatus>) -> Result<Registry>
     }
 
     let layout = &ctx.layout;
-    let opened = if bpffs::is_bpffs(&layout.bpffs) {
-        let lock = DirLock::acquire(&layout.bpffs, false)?;
-        Store::open(layout)?.map(|s| (s, lock))
-    } else {
-        None
-    };
+    let opened =
+        match bpffs::is_bpffs(&layout.bpffs).then(|| layout.lock(false, false)).transpose()?.flatten() {
+            Some(lock) => Store::open(layout)?.map(|s| (s, lock)),
+            None => None,
+        };
     let (session_count, hook_count) = match &opened {
         Some((store, _)) => {
             let sessions = store.sessions()?;

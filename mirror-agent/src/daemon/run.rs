@@ -24,7 +24,7 @@ use crate::{
         watch::{self, Watch},
     },
     dataplane::{
-        bpffs::{self, DirLock},
+        bpffs,
         sessions::{self, Change},
         store::{Owner, Store},
     },
@@ -76,15 +76,11 @@ pub fn plan_and_apply(
     if apply {
         bpffs::ensure_mounted(&layout.bpffs)?;
     }
-    let lock =
-        if bpffs::is_bpffs(&layout.bpffs) { Some(DirLock::acquire(&layout.bpffs, apply)?) } else { None };
-    let store = match (&lock, apply && !res.specs.is_empty()) {
+    let create = apply && !res.specs.is_empty();
+    let lock = if bpffs::is_bpffs(&layout.bpffs) { layout.lock(apply, create)? } else { None };
+    let store = match (&lock, create) {
         (None, _) => None,
-        (Some(_), true) => {
-            std::fs::create_dir_all(&layout.dir)
-                .with_context(|| format!("creating {}", layout.dir.display()))?;
-            Some(Store::open_or_create(layout)?)
-        }
+        (Some(_), true) => Some(Store::open_or_create(layout)?),
         (Some(_), false) => Store::open(layout)?,
     };
     let mut changes = sessions::plan(store.as_ref(), &res.specs, Owner::Config, true)?;

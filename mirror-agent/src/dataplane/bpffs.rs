@@ -154,16 +154,15 @@ pub fn ensure_mounted(bpffs: &Path) -> Result<()> {
     Ok(())
 }
 
-/// An exclusive or shared `flock` on the bpffs mount's root directory:
-/// serialises concurrent invocations. (Not on the namespace's own
-/// directory: the last detach removes that, and a waiter would then hold a
-/// lock on a deleted directory while another invocation locks a new one.)
+/// An exclusive or shared `flock` on a directory.
 #[derive(Debug)]
 pub struct DirLock {
     _file: File,
 }
 
 impl DirLock {
+    /// Locks the bpffs root: exclusively only by `gc`, which removes other
+    /// namespaces' directories; shared by everyone else (see [`NsLock`]).
     pub fn acquire(dir: &Path, exclusive: bool) -> Result<Self> {
         let file = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
         let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
@@ -172,5 +171,47 @@ impl DirLock {
             return Err(io::Error::last_os_error()).with_context(|| format!("locking {}", dir.display()));
         }
         Ok(Self { _file: file })
+    }
+}
+
+/// The lock of one namespace's state: the bpffs root shared (so `gc` waits
+/// for everyone), then the namespace's own directory, exclusively for a
+/// change or shared for a read. Namespaces never wait for each other: a
+/// long `attach` in one does not delay another's daemon.
+///
+/// The last detach of a namespace removes its directory while holding its
+/// lock; a waiter then holds a lock on a deleted directory, sees that the
+/// path no longer names what it locked, and starts over.
+#[derive(Debug)]
+pub struct NsLock {
+    _ns: DirLock,
+    _root: DirLock,
+}
+
+impl Layout {
+    /// Locks this namespace's state. With `create`, makes the directory
+    /// first; without, `None` means there is no state to lock.
+    pub fn lock(&self, exclusive: bool, create: bool) -> Result<Option<NsLock>> {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = DirLock::acquire(&self.bpffs, false)?;
+        loop {
+            if create {
+                fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+            }
+            let ns = match DirLock::acquire(&self.dir, exclusive) {
+                Ok(l) => l,
+                Err(_) if !create && !self.dir.exists() => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let locked =
+                ns._file.metadata().with_context(|| format!("reading {}", self.dir.display()))?.ino();
+            match fs::metadata(&self.dir) {
+                Ok(m) if m.ino() == locked => return Ok(Some(NsLock { _ns: ns, _root: root })),
+                // Removed (or replaced) while we waited.
+                _ if create => continue,
+                Ok(_) => continue,
+                Err(_) => return Ok(None),
+            }
+        }
     }
 }

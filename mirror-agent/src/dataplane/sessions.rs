@@ -334,6 +334,10 @@ pub fn apply(
     if cleared_any {
         hooks::detach_unneeded(store, layout)?;
     }
+    if !changes.iter().any(|c| matches!(c, Change::Create(_) | Change::Update { .. })) {
+        // Only removals: nothing to attach, so nothing to probe.
+        return Ok(created);
+    }
     // 3. New and changed configurations, then the destination hooks they need.
     let mut fill = Vec::new();
     for change in changes {
