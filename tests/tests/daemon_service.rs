@@ -643,7 +643,14 @@ fn gc_removes_the_state_of_deleted_namespaces_only() {
     assert!(!Path::new("/run/netns").join(&dead_name).exists());
     assert!(dead_dir.is_dir(), "the state outlives the namespace until gc");
 
-    let out = agent_global(&["gc"]);
+    // The kernel tears a deleted namespace down asynchronously; until its
+    // interfaces are gone, its links are still attached and gc (rightly)
+    // leaves its state alone. Run gc until it collects.
+    let mut out = agent_global(&["gc"]);
+    wait_until(Duration::from_secs(10), "gc to collect the deleted namespace", || {
+        out = agent_global(&["gc"]);
+        String::from_utf8_lossy(&out.stdout).contains("removed ")
+    });
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "gc failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     eprintln!("gc said:\n{stdout}");

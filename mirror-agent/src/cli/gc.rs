@@ -102,7 +102,32 @@ fn remove_state(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Why a state directory must not be collected although no live namespace
+/// has its cookie: a TCX link still attached to an interface (so its
+/// namespace lives), or clsact-mode pins, whose filters cannot be checked
+/// from here.
+fn still_attached(dir: &Path) -> Result<Option<String>> {
+    let Ok(entries) = fs::read_dir(dir.join("links")) else { return Ok(None) };
+    for e in entries {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("tc-") {
+            return Ok(Some(format!("holds clsact-mode pin {name}, which cannot be checked")));
+        }
+        if crate::dataplane::hooks::tcx_link_attached(&e.path())? {
+            return Ok(Some(format!("link {name} is still attached to an interface")));
+        }
+    }
+    Ok(None)
+}
+
 pub fn run(bpffs_root: &Path) -> Result<()> {
+    if bpffs::in_container() {
+        anyhow::bail!(
+            "gc runs on the host only: in a container's PID namespace it cannot see every task \
+             that keeps a network namespace alive"
+        );
+    }
     if !bpffs::is_bpffs(bpffs_root) {
         println!("no bpffs at {}: nothing to collect", bpffs_root.display());
         return Ok(());
@@ -125,6 +150,16 @@ pub fn run(bpffs_root: &Path) -> Result<()> {
         }
         if live.contains(id) {
             continue;
+        }
+        // Belt and braces: a namespace held only by something gc cannot see
+        // (a bind mount in another mount namespace) still has attached links.
+        match still_attached(&e.path()) {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                tracing::warn!("{name}: {why}; left alone");
+                continue;
+            }
+            Err(err) => return Err(err).with_context(|| format!("checking {}", e.path().display())),
         }
         remove_state(&e.path())?;
         crate::daemon::audit::record("cli", "gc", "-", &format!("removed {}", e.path().display()));

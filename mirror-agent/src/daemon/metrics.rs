@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use mirror_common::{GLOBAL_SESSION_ID, MAX_SESSIONS, MAX_SOURCE_HOOKS, direction, reason};
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -49,6 +49,12 @@ struct CounterLabels {
     session: String,
     direction: String,
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    session: String,
+    direction: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,8 +120,32 @@ pub fn collect(ctx: &Context, status: Option<&DaemonStatus>) -> Result<Registry>
 
     let packets = Family::<CounterLabels, Counter>::default();
     let bytes = Family::<CounterLabels, Counter>::default();
-    registry.register("mirror_agent_packets", "Packets per session, direction and reason", packets.clone());
-    registry.register("mirror_agent_bytes", "Bytes per session, direction and reason", bytes.clone());
+    registry.register(
+        "mirror_agent_packets",
+        "Copy attempts per session, direction and outcome (mirrored or a failure reason; they sum to matched)",
+        packets.clone(),
+    );
+    registry.register(
+        "mirror_agent_bytes",
+        "Bytes of copy attempts per session, direction and outcome",
+        bytes.clone(),
+    );
+    let matched_p = Family::<DirectionLabels, Counter>::default();
+    let matched_b = Family::<DirectionLabels, Counter>::default();
+    let cut_p = Family::<DirectionLabels, Counter>::default();
+    let cut_b = Family::<DirectionLabels, Counter>::default();
+    registry.register("mirror_agent_matched_packets", "Packets selected by a session", matched_p.clone());
+    registry.register(
+        "mirror_agent_matched_bytes",
+        "Bytes of the packets selected by a session",
+        matched_b.clone(),
+    );
+    registry.register(
+        "mirror_agent_truncated_packets",
+        "Copies cut to the session's snap length",
+        cut_p.clone(),
+    );
+    registry.register("mirror_agent_truncated_bytes", "Bytes cut off copies", cut_b.clone());
     let global = Family::<GlobalLabels, Counter>::default();
     registry.register(
         "mirror_agent_unattributed_packets",
@@ -150,32 +180,53 @@ pub fn collect(ctx: &Context, status: Option<&DaemonStatus>) -> Result<Registry>
     let (session_count, hook_count) = match &opened {
         Some((store, _)) => {
             let sessions = store.sessions()?;
-            let missing = hooks::missing(store, layout).context("probing hooks for the metrics")?;
+            // A hook that cannot be probed leaves the gauge out, not the scrape.
+            let missing = match hooks::missing(store, layout) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!("probing hooks for the metrics: {e:#}");
+                    None
+                }
+            };
             let all = store.all_counters()?;
             for s in &sessions {
                 let owner = s.owner().as_str().to_owned();
                 sessions_g.get_or_create(&OwnerLabels { owner: owner.clone() }).inc();
                 let labels = SessionLabels { session: s.name().to_owned(), owner };
                 sources_g.get_or_create(&labels).set(s.sources.len() as i64);
-                missing_g.get_or_create(&labels).set(missing.iter().filter(|h| h.serves(s)).count() as i64);
+                if let Some(missing) = &missing {
+                    missing_g
+                        .get_or_create(&labels)
+                        .set(missing.iter().filter(|h| h.serves(s)).count() as i64);
+                }
                 for d in [direction::INGRESS, direction::EGRESS] {
                     if s.config.direction_mask & (1 << d) == 0 && !s.taps.iter().any(|t| t.direction == d) {
                         continue;
                     }
                     let counters = &all[s.id as usize][d as usize];
-                    for (r, c) in counters.iter().enumerate() {
-                        // Selection and delivery always; the other reasons
-                        // once they happen (a series per failure reason ×
-                        // 4095 sessions would be mostly zeros).
-                        let always =
-                            [reason::MATCHED, reason::MIRRORED, reason::TRUNCATED].contains(&(r as u32));
-                        if !always && c.packets == 0 {
+                    let dl = DirectionLabels {
+                        session: s.name().to_owned(),
+                        direction: direction_name(d).to_owned(),
+                    };
+                    let m = counters[reason::MATCHED as usize];
+                    matched_p.get_or_create(&dl).inc_by(m.packets);
+                    matched_b.get_or_create(&dl).inc_by(m.bytes);
+                    let t = counters[reason::TRUNCATED as usize];
+                    cut_p.get_or_create(&dl).inc_by(t.packets);
+                    cut_b.get_or_create(&dl).inc_by(t.bytes);
+                    // Outcomes are disjoint, so summing over `reason` is
+                    // meaningful. `mirrored` always; a failure reason once it
+                    // happens (a series per reason × 4095 sessions would be
+                    // mostly zeros).
+                    for r in reason::OUTCOMES {
+                        let c = counters[r as usize];
+                        if r != reason::MIRRORED && c.packets == 0 {
                             continue;
                         }
                         let l = CounterLabels {
                             session: s.name().to_owned(),
                             direction: direction_name(d).to_owned(),
-                            reason: reason::NAMES[r].to_owned(),
+                            reason: reason::NAMES[r as usize].to_owned(),
                         };
                         packets.get_or_create(&l).inc_by(c.packets);
                         bytes.get_or_create(&l).inc_by(c.bytes);
@@ -296,7 +347,10 @@ async fn answer(mut stream: TcpStream, ctx: Arc<Context>, status: SharedStatus) 
             let st = status.lock().map(|s| s.clone()).unwrap_or_default();
             let result = tokio::task::spawn_blocking(move || -> Result<(String, &'static str)> {
                 let registry = collect(&ctx, Some(&st))?;
-                encode(&registry, &accept)
+                let encoded = encode(&registry, &accept);
+                drop(registry);
+                crate::daemon::run::release_freed_memory();
+                encoded
             })
             .await?;
             match result {

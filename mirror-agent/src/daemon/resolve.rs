@@ -164,9 +164,19 @@ fn resolve_session(
                 }
                 // …and the bridge port where the address was learned (a
                 // libvirt tap carries fe:54:…, the guest 52:54:…).
+                // Only a port where this is the one learned address: a port
+                // with many (an uplink, a trunk) is not the guest's, and
+                // tapping it would mirror everything crossing it.
                 for e in local.fdb.iter().filter(|e| e.mac == mac.0) {
-                    if let Some(l) = local.links.get(&e.port) {
-                        candidates.push(local_candidate(l));
+                    let learned_here =
+                        local.fdb.iter().filter(|o| o.port == e.port && o.mac != mac.0).count();
+                    match local.links.get(&e.port) {
+                        Some(l) if learned_here == 0 => candidates.push(local_candidate(l)),
+                        Some(l) => out.notes.push((
+                            session.clone(),
+                            format!("{mac} is learned on {}, which carries {learned_here} other addresses (an uplink?): not tapped", l.name),
+                        )),
+                        None => {}
                     }
                 }
             }

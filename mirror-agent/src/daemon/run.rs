@@ -151,6 +151,60 @@ fn now_unix_secs() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Hands memory freed by a pass (the loaded object, the kernel's BTF, dumps)
+/// back to the kernel, so an idle daemon's RSS is what it holds, not its
+/// peak. glibc only.
+pub fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+fn config_has_mac_selectors(config: &Config) -> bool {
+    config
+        .sessions
+        .iter()
+        .flat_map(|s| &s.sources.0)
+        .any(|src| matches!(src.selector, config::Selector::Mac(_)))
+}
+
+fn force_receive_buffer(sock: &netlink_sys::Socket, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setsockopt with a pointer to an int we own and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            std::ptr::from_ref(&bytes).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!("SO_RCVBUFFORCE: {}; events may overflow in bursts", std::io::Error::last_os_error());
+    }
+}
+
+/// One daemon per network namespace: two with different configs would
+/// prune each other's sessions on every event. An abstract unix socket is
+/// per network namespace and goes away with the process (even `kill -9`).
+fn claim_namespace(netns_label: &str) -> Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt as _;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"mirror-agent-daemon")?;
+    std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "another mirror-agent daemon already manages network namespace {netns_label}: \
+                 one daemon per namespace (two would undo each other's sessions)"
+            )
+        } else {
+            anyhow::Error::new(e).context("claiming the namespace for this daemon")
+        }
+    })
+}
+
 /// Tells systemd (`Type=notify`) the daemon is ready, if it runs under it.
 fn notify_ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
@@ -176,6 +230,14 @@ pub fn run(ctx: Context, opts: &Options, metrics: Option<std::net::TcpListener>)
     // An invalid config at start is fatal; later ones are rejected and the
     // running sessions go on.
     let config = config::load(&opts.config)?;
+    let _claim = claim_namespace(&ctx.netns_label)?;
+    // A long-running process with two workers and a blocking pool needs no
+    // arena per thread: fewer arenas, less memory kept after a pass.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only tunes the allocator; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(main_loop(Arc::new(ctx), opts, config, metrics))
 }
@@ -198,8 +260,9 @@ async fn main_loop(
         .socket_mut()
         .bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_NEIGH))
         .context("subscribing to link and neighbour events")?;
-    // A burst of 100 new interfaces must not overflow the socket.
-    conn.socket_mut().socket_mut().set_rx_buf_sz(8 << 20).ok();
+    // A burst of 100 new interfaces must not overflow the socket; past
+    // rmem_max only SO_RCVBUFFORCE (CAP_NET_ADMIN) raises it.
+    force_receive_buffer(conn.socket_mut().socket_mut(), 8 << 20);
     tokio::spawn(conn);
     let mut watch = Watch::new(&opts.config).context("watching the config file")?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -239,6 +302,7 @@ async fn main_loop(
                     st.sources_denied = res.denied.len() as u64;
                     drop(st);
                     audit_pass(&changes, &res, &mut memory);
+                    release_freed_memory();
                     if changes.iter().any(Change::is_effective) {
                         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "reconciled");
                     }
@@ -267,19 +331,36 @@ async fn main_loop(
         tokio::select! {
             msg = events.next() => {
                 let Some((msg, _)) = msg else { anyhow::bail!("the rtnetlink event socket closed") };
-                if let netlink_packet_core::NetlinkPayload::InnerMessage(m) = &msg.payload
-                    && links::is_relevant(m)
-                    && dirty_since.is_none()
-                {
-                    dirty_since = Some(Instant::now());
+                let relevant = match &msg.payload {
+                    netlink_packet_core::NetlinkPayload::InnerMessage(m) => {
+                        links::is_relevant(m, config_has_mac_selectors(&config))
+                    }
+                    // The socket overflowed: events were lost, so look again.
+                    netlink_packet_core::NetlinkPayload::Overrun(_) => {
+                        tracing::warn!("rtnetlink events were lost (socket overrun); full pass");
+                        true
+                    }
+                    _ => false,
+                };
+                if relevant {
+                    dirty_since.get_or_insert_with(Instant::now);
                 }
             }
             ev = watch.next() => {
                 let ev = ev.context("reading inotify events")?;
+                let mut dirty = false;
                 if ev.contains(&watch::Event::Config) {
                     reload(&opts.config, &mut config, &status);
+                    dirty = true;
                 }
-                dirty_since.get_or_insert_with(Instant::now);
+                // Namespaces come and go all day on a container host: only
+                // a config with `netns:` selectors cares.
+                if ev.contains(&watch::Event::Netns) && !Host::netns_wanted(&config).is_empty() {
+                    dirty = true;
+                }
+                if dirty {
+                    dirty_since.get_or_insert_with(Instant::now);
+                }
             }
             _ = hup.recv() => {
                 reload(&opts.config, &mut config, &status);

@@ -48,7 +48,8 @@ impl Watch {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
-        let config_wd = add_watch(&fd, &dir, libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_CREATE)?;
+        // Not IN_CREATE: a file is complete only once closed or renamed in.
+        let config_wd = add_watch(&fd, &dir, libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO)?;
         let netns_wd =
             add_watch(&fd, Path::new(crate::net::netns::RUN_DIR), libc::IN_CREATE | libc::IN_DELETE).ok();
         let config_name = config.file_name().map(OsStr::to_owned).unwrap_or_default();
@@ -90,7 +91,14 @@ impl Watch {
             let end = (HEADER + ev.len as usize).min(buf.len());
             let name = &buf[HEADER..end];
             let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())];
-            let event = if ev.wd == self.config_wd && OsStr::from_bytes(name) == self.config_name {
+            // `..data`: a Kubernetes ConfigMap volume swaps this symlink.
+            let event = if ev.mask & libc::IN_Q_OVERFLOW != 0 {
+                // Events were lost: assume everything changed.
+                out.extend([Event::Config, Event::Netns]);
+                None
+            } else if ev.wd == self.config_wd
+                && (OsStr::from_bytes(name) == self.config_name || name == b"..data")
+            {
                 Some(Event::Config)
             } else if Some(ev.wd) == self.netns_wd {
                 Some(Event::Netns)

@@ -24,17 +24,19 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Keys per syscall: bounds the buffer (keys × CPUs × 16 bytes).
-const CHUNK: u32 = 8192;
+/// Values buffer per syscall (keys × CPUs × 16 bytes): 2 MiB whatever the
+/// number of possible CPUs.
+const BUFFER_BYTES: usize = 2 << 20;
 
 /// Reads elements `0..entries` of a per-CPU array of [`Counter`]s, summed
 /// over `cpus` CPUs (the map's possible CPUs).
 pub fn per_cpu_counters(map: BorrowedFd<'_>, entries: u32, cpus: usize) -> io::Result<Vec<Counter>> {
+    let chunk = (BUFFER_BYTES / (cpus.max(1) * size_of::<Counter>())).clamp(1, 8192) as u32;
     let mut out = Vec::with_capacity(entries as usize);
-    let mut keys = vec![0u32; CHUNK as usize];
+    let mut keys = vec![0u32; chunk as usize];
     // Per-CPU values are laid out per key, each CPU's value 8-byte aligned
     // (a Counter is 16 bytes, already aligned).
-    let mut values = vec![Counter::default(); CHUNK as usize * cpus];
+    let mut values = vec![Counter::default(); chunk as usize * cpus];
     let mut next: u32 = 0;
     let mut first = true;
     while (out.len() as u32) < entries {
@@ -43,7 +45,7 @@ pub fn per_cpu_counters(map: BorrowedFd<'_>, entries: u32, cpus: usize) -> io::R
             out_batch: std::ptr::from_mut(&mut next) as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: CHUNK.min(entries - out.len() as u32),
+            count: chunk.min(entries - out.len() as u32),
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };

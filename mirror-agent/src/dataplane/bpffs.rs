@@ -116,7 +116,7 @@ const INITIAL_PID_NAMESPACE_INODE: u64 = 0xefff_fffc;
 
 /// True in a container (a PID namespace other than the host's): a bpffs
 /// mounted here would die with the container, and the sessions with it.
-fn in_container() -> bool {
+pub fn in_container() -> bool {
     use std::os::unix::fs::MetadataExt as _;
     fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() != INITIAL_PID_NAMESPACE_INODE)
 }

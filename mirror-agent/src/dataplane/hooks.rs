@@ -213,32 +213,132 @@ pub fn attached_count(layout: &Layout) -> Result<usize> {
     Ok(attached(layout)?.len())
 }
 
-/// Whether a pinned attachment is still in its hook. A TCX link is live if
-/// its program is among the hook's programs: someone may have detached the
-/// link (`bpftool link detach`), or the interface may be gone. clsact filters
-/// are taken as live (their identity is the (priority, handle) record).
+/// Whether a pinned attachment is still in its hook. A TCX link is live
+/// while the kernel says it is attached to this hook's interface and
+/// direction: someone may have detached it (`bpftool link detach`), or the
+/// interface may be gone (the kernel then reports ifindex 0). Two syscalls
+/// on the pin, no netlink: cheap enough for every reconcile and scrape.
+/// clsact filters are taken as live (their identity is the (priority,
+/// handle) record).
 ///
-/// `Err` means *could not check* (no CAP_BPF to open the pin, no
-/// CAP_NET_ADMIN to query the hook, an LSM said no): never "gone". A caller
-/// that took it for "gone" would unpin a working session's link.
+/// `Err` means *could not check* (no CAP_BPF to open the pin, an LSM said
+/// no): never "gone". A caller that took it for "gone" would unpin a
+/// working session's link.
 fn is_live(a: &Attached) -> Result<bool> {
     if a.record != Record::Tcx {
         return Ok(true);
     }
-    let Some(ifname) = iface::name(a.hook.ifindex) else {
+    let could_not_check = || format!("could not check hook {}", a.hook.describe());
+    let Some(link) = tcx_link::state(&a.pin).with_context(could_not_check)? else {
         return Ok(false);
     };
-    let could_not_check = || format!("could not check hook {}", a.hook.describe());
-    let link = PinnedLink::from_pin(&a.pin).map(FdLink::from).with_context(could_not_check)?;
-    let program_id = link.info().with_context(could_not_check)?.program_id();
-    match SchedClassifier::query_tcx(&ifname, a.hook.kind.attach_type()) {
-        Ok((_, progs)) => Ok(progs.iter().any(|p| p.id() == program_id)),
-        // The interface went away between the two calls.
-        Err(e) if iface::index(&ifname).is_none() => {
-            tracing::debug!("{ifname} vanished while querying its hook: {e}");
-            Ok(false)
-        }
-        Err(e) => Err(e).with_context(could_not_check),
+    let want = match a.hook.kind.attach_type() {
+        TcAttachType::Ingress => tcx_link::BPF_TCX_INGRESS,
+        _ => tcx_link::BPF_TCX_EGRESS,
+    };
+    if link.link_type != tcx_link::BPF_LINK_TYPE_TCX {
+        anyhow::bail!(
+            "{}: pin {} is not a TCX link (type {})",
+            could_not_check(),
+            a.pin.display(),
+            link.link_type
+        );
+    }
+    Ok(link.ifindex == a.hook.ifindex && link.attach_type == want)
+}
+
+/// True if the TCX link pinned at `pin` is attached to an interface.
+pub fn tcx_link_attached(pin: &std::path::Path) -> Result<bool> {
+    let state = tcx_link::state(pin).with_context(|| format!("reading {}", pin.display()))?;
+    Ok(state.is_some_and(|s| s.ifindex != 0))
+}
+
+/// What the kernel says of a pinned TCX link (`BPF_OBJ_GET` +
+/// `BPF_OBJ_GET_INFO_BY_FD`; aya 0.14 exposes neither the fd nor the
+/// link's interface).
+mod tcx_link {
+    use std::{
+        ffi::CString,
+        io,
+        os::{
+            fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+            unix::ffi::OsStrExt as _,
+        },
+        path::Path,
+    };
+
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    pub const BPF_LINK_TYPE_TCX: u32 = 11;
+    pub const BPF_TCX_INGRESS: u32 = 46;
+    pub const BPF_TCX_EGRESS: u32 = 47;
+
+    #[repr(C)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+
+    /// The head of `struct bpf_link_info` and its `tcx` member (the union
+    /// starts at offset 16: it is 8-byte aligned).
+    #[repr(C)]
+    #[derive(Default)]
+    struct LinkInfo {
+        link_type: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        ifindex: u32,
+        attach_type: u32,
+        _rest: [u64; 4],
+    }
+
+    #[derive(Debug)]
+    pub struct State {
+        pub link_type: u32,
+        /// 0 once detached (by hand, or with its interface).
+        pub ifindex: u32,
+        pub attach_type: u32,
+    }
+
+    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+        // SAFETY: `attr` is a live, correctly laid out prefix of
+        // `union bpf_attr` for `cmd`, and its size is passed along.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+    }
+
+    /// `Ok(None)`: there is no such pin.
+    pub fn state(pin: &Path) -> io::Result<Option<State>> {
+        let path = CString::new(pin.as_os_str().as_bytes())?;
+        let fd = match bpf(
+            BPF_OBJ_GET,
+            &mut ObjGetAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0 },
+        ) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let mut info = LinkInfo::default();
+        bpf(
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut InfoAttr {
+                bpf_fd: fd.as_raw_fd() as u32,
+                info_len: size_of::<LinkInfo>() as u32,
+                info: std::ptr::from_mut(&mut info) as u64,
+            },
+        )?;
+        Ok(Some(State { link_type: info.link_type, ifindex: info.ifindex, attach_type: info.attach_type }))
     }
 }
 
@@ -275,7 +375,30 @@ impl Hook {
 /// Detaches every hook the maps no longer need, and attaches nothing: what
 /// `detach` runs, so that removing a session never depends on hooking others.
 pub fn detach_unneeded(store: &Store, layout: &Layout) -> Result<()> {
-    detach_all_but(&desired(store)?, layout, false)
+    detach_unneeded_keeping(store, layout, &BTreeSet::new())
+}
+
+/// As [`detach_unneeded`], also keeping `keep`: hooks the rest of a plan
+/// is about to need again (so a session replaced by another on the same
+/// source never loses its hook in between).
+pub fn detach_unneeded_keeping(store: &Store, layout: &Layout, keep: &BTreeSet<Hook>) -> Result<()> {
+    let mut want = desired(store)?;
+    want.extend(keep.iter().copied());
+    detach_all_but(&want, layout, false)
+}
+
+/// The hooks a session of this shape needs.
+pub fn needed_by(
+    taps: impl Iterator<Item = mirror_common::SourceKey>,
+    dest_ifindex: u32,
+    snaplen: u32,
+) -> BTreeSet<Hook> {
+    let mut hooks: BTreeSet<Hook> =
+        taps.map(|k| Hook { kind: HookKind::source(k.direction), ifindex: k.ifindex }).collect();
+    if snaplen != 0 && dest_ifindex != 0 {
+        hooks.insert(Hook { kind: HookKind::DstEgress, ifindex: dest_ifindex });
+    }
+    hooks
 }
 
 /// Detaches every pinned hook not in `want`; with `repair`, also unpins the
@@ -297,18 +420,38 @@ fn detach_all_but(want: &BTreeSet<Hook>, layout: &Layout, repair: bool) -> Resul
         if !want.contains(&a.hook) {
             detach(a, want)?;
         } else if dead.contains(&a.pin) {
-            tracing::warn!(hook = %a.hook.describe(), "hook was detached behind our back; re-attaching");
+            if iface::name(a.hook.ifindex).is_some() {
+                tracing::warn!(hook = %a.hook.describe(), "hook was detached behind our back; re-attaching");
+            } else {
+                tracing::debug!(hook = %a.hook.describe(), "interface gone; releasing its hook");
+            }
             detach(a, want)?;
         }
     }
     Ok(())
 }
 
+/// The hooks pinned right now (live or not).
+pub fn pinned(layout: &Layout) -> Result<BTreeSet<Hook>> {
+    Ok(attached(layout)?.into_iter().map(|a| a.hook).collect())
+}
+
 /// Brings the attachments in line with the maps. Detaches first, so that a
 /// removed session stops costing anything even if a later attach fails.
 pub fn reconcile(store: &Store, layout: &Layout, mode: AttachMode) -> Result<()> {
+    reconcile_keeping(store, layout, mode, &BTreeSet::new())
+}
+
+/// As [`reconcile`], but hooks in `keep` stay even if no session needs them.
+/// Every missing hook is tried; the first error is returned after the rest.
+pub fn reconcile_keeping(
+    store: &Store,
+    layout: &Layout,
+    mode: AttachMode,
+    keep: &BTreeSet<Hook>,
+) -> Result<()> {
     let want = desired(store)?;
-    detach_all_but(&want, layout, true)?;
+    detach_all_but(&want.iter().chain(keep).copied().collect(), layout, true)?;
     let have = attached(layout)?;
     let present: BTreeSet<Hook> = have.iter().map(|a| a.hook).collect();
     let missing: Vec<Hook> = want
@@ -323,10 +466,20 @@ pub fn reconcile(store: &Store, layout: &Layout, mode: AttachMode) -> Result<()>
     fs::create_dir_all(layout.links_dir())?;
     let mut ebpf = crate::dataplane::store::load_object(layout)?;
     let use_tcx = mode.use_tcx();
+    let mut first_error = None;
     for hook in missing {
-        attach(&mut ebpf, layout, hook, use_tcx)?;
+        if let Err(e) = attach(&mut ebpf, layout, hook, use_tcx) {
+            // Deleted while we were attaching: nothing to hook, not an error
+            // (the next pass releases what it leaves behind).
+            if iface::name(hook.ifindex).is_none() {
+                tracing::debug!("interface {} vanished while attaching: {e:#}", hook.ifindex);
+                continue;
+            }
+            tracing::warn!(hook = %hook.describe(), "cannot attach: {e:#}");
+            first_error.get_or_insert(e);
+        }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 fn pin_path(layout: &Layout, hook: Hook, record: Record) -> PathBuf {

@@ -250,7 +250,9 @@ pub fn plan(store: Option<&Store>, wanted: &[SessionSpec], owner: Owner, prune: 
                 let want: BTreeSet<SourceKey> = spec.taps.keys().copied().collect();
                 let add: Vec<SourceKey> = want.difference(&have).copied().collect();
                 let remove: Vec<SourceKey> = have.difference(&want).copied().collect();
-                let config_changed = !spec.matches_config(s);
+                // Slots still carrying an older configuration (an update
+                // that was interrupted) count as a change: it heals.
+                let config_changed = !spec.matches_config(s) || s.stale_slots;
                 if add.is_empty() && remove.is_empty() && !config_changed {
                     changes.push(Change::Unchanged { name: spec.name.clone() });
                     continue;
@@ -258,8 +260,22 @@ pub fn plan(store: Option<&Store>, wanted: &[SessionSpec], owner: Owner, prune: 
                 let mut trial = capacity.clone();
                 trial.release(&remove);
                 if let Err(why) = trial.take(&add, &spec.taps) {
-                    // Kept as it is rather than half-changed.
-                    changes.push(Change::Refused { name: spec.name.clone(), why });
+                    // The additions are refused; removals and the new
+                    // configuration need no capacity, and still apply.
+                    if !remove.is_empty() || config_changed {
+                        capacity.release(&remove);
+                        changes.push(Change::Update {
+                            id: s.id,
+                            spec: spec.clone(),
+                            config_changed,
+                            add: Vec::new(),
+                            remove,
+                        });
+                    }
+                    changes.push(Change::Refused {
+                        name: spec.name.clone(),
+                        why: format!("cannot add sources: {why}"),
+                    });
                     continue;
                 }
                 capacity = trial;
@@ -320,9 +336,18 @@ pub fn apply(
     }
     // 2. No program still running may be sending a copy through a hook
     // about to go, or reading a session slot about to be reused.
+    // Hooks the new and changed sessions will need stay attached.
+    let keep: BTreeSet<hooks::Hook> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Create(spec) | Change::Update { spec, .. } => Some(spec),
+            _ => None,
+        })
+        .flat_map(|spec| hooks::needed_by(spec.taps.keys().copied(), spec.dest_ifindex, spec.snaplen))
+        .collect();
     if removed_any {
         store.wait_for_readers()?;
-        hooks::detach_unneeded(store, layout)?;
+        hooks::detach_unneeded_keeping(store, layout, &keep)?;
     }
     let mut cleared_any = false;
     for change in changes {
@@ -332,7 +357,7 @@ pub fn apply(
         }
     }
     if cleared_any {
-        hooks::detach_unneeded(store, layout)?;
+        hooks::detach_unneeded_keeping(store, layout, &keep)?;
     }
     if !changes.iter().any(|c| matches!(c, Change::Create(_) | Change::Update { .. })) {
         // Only removals: nothing to attach, so nothing to probe.
@@ -363,18 +388,32 @@ pub fn apply(
             _ => {}
         }
     }
-    hooks::reconcile(store, layout, mode)?;
-    // 4. Sources, now that their sessions' destinations are ready.
+    // Attach what the new configurations need, detaching nothing yet: a
+    // changed destination's old hook keeps cutting the copies still sent
+    // there until the slots point elsewhere. One hook that cannot be
+    // attached does not hold up the rest (its session shows it missing).
+    let attach_error = hooks::reconcile_keeping(store, layout, mode, &hooks::pinned(layout)?).err();
+    // 4. Sources and slots, now that their sessions' destinations are ready.
+    let mut reconfigured = false;
     for (id, config, spec) in &fill {
-        let add: Vec<SourceKey> = match changes.iter().find(|c| c.name() == spec.name) {
-            Some(Change::Update { add, .. }) => add.clone(),
-            _ => spec.taps.keys().copied().collect(),
+        let (add, changed) = match changes.iter().find(|c| c.name() == spec.name) {
+            Some(Change::Update { add, config_changed, .. }) => (add.clone(), *config_changed),
+            _ => (spec.taps.keys().copied().collect(), false),
         };
         store.refresh_slots(*id)?;
+        reconfigured |= changed;
         store
             .add_taps(*id, config, &add)
             .with_context(|| format!("adding sources to session {}", spec.name))?;
     }
+    // 5. Copies that were already on their way to an old destination are
+    // through before its hook goes.
+    if reconfigured {
+        store.wait_for_readers()?;
+    }
     hooks::reconcile(store, layout, mode)?;
+    if let Some(e) = attach_error {
+        return Err(e);
+    }
     Ok(created)
 }

@@ -44,6 +44,9 @@ pub struct Session {
     pub sources: Vec<u32>,
     /// Every (source, direction) hook the session is fed by.
     pub taps: Vec<SourceKey>,
+    /// Some hook's slot for this session carries another destination or
+    /// snap length than `config` (an update was interrupted).
+    pub stale_slots: bool,
 }
 
 impl Session {
@@ -427,13 +430,17 @@ impl Store {
         for id in 1..MAX_SESSIONS {
             let config = self.sessions.get(&id, 0).context("reading SESSIONS")?;
             if !config.is_free() {
-                by_id.insert(id, Session { id, config, sources: Vec::new(), taps: Vec::new() });
+                by_id.insert(
+                    id,
+                    Session { id, config, sources: Vec::new(), taps: Vec::new(), stale_slots: false },
+                );
             }
         }
         for (key, entry) in self.source_hooks() {
             for slot in &entry.slots[..entry.slot_count as usize] {
                 if let Some(s) = by_id.get_mut(&slot.session_id) {
                     s.taps.push(key);
+                    s.stale_slots |= *slot != slot_of(s.id, &s.config);
                     if !s.sources.contains(&key.ifindex) {
                         s.sources.push(key.ifindex);
                     }

@@ -167,11 +167,13 @@ pub fn snapshot_of_netns(name: &str) -> Result<Option<Snapshot>> {
 }
 
 /// True for the messages that may change what a selector resolves to.
-pub fn is_relevant(msg: &netlink_packet_route::RouteNetlinkMessage) -> bool {
+/// Bridge FDB changes matter only to `mac:` selectors (a busy bridge
+/// learns all day).
+pub fn is_relevant(msg: &netlink_packet_route::RouteNetlinkMessage, fdb_matters: bool) -> bool {
     use netlink_packet_route::RouteNetlinkMessage as M;
     match msg {
         M::NewLink(_) | M::DelLink(_) | M::SetLink(_) => true,
-        M::NewNeighbour(n) | M::DelNeighbour(n) => n.header.family == AddressFamily::Bridge,
+        M::NewNeighbour(n) | M::DelNeighbour(n) => fdb_matters && n.header.family == AddressFamily::Bridge,
         _ => false,
     }
 }
