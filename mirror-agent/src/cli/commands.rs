@@ -392,7 +392,8 @@ pub fn stats(ctx: &Context, name: Option<&str>, as_json: bool) -> Result<()> {
     );
     for (s, per_dir) in sessions.iter().zip(&counters) {
         for (d, c) in DIRECTIONS.iter().zip(per_dir) {
-            if s.config.direction_mask & (1 << d) == 0 {
+            // A `netns:` session taps its peer in the other direction.
+            if s.config.direction_mask & (1 << d) == 0 && !s.taps.iter().any(|t| t.direction == *d) {
                 continue;
             }
             let reasons: Vec<String> = c
