@@ -181,3 +181,30 @@ pub fn run(cli: Cli) -> Result<()> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped unit grants exactly what `run` checks for (plus
+    /// CAP_SYS_ADMIN for `netns:` selectors and bpffs), and no more.
+    #[test]
+    fn the_systemd_unit_grants_what_run_needs_and_nothing_else() {
+        let unit = include_str!("../../../deploy/systemd/mirror-agent.service");
+        let caps_of = |key: &str| -> std::collections::BTreeSet<String> {
+            let line = unit.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("{key} missing"));
+            line[key.len()..].split_whitespace().map(str::to_owned).collect()
+        };
+        let bounding = caps_of("CapabilityBoundingSet=");
+        assert_eq!(bounding, caps_of("AmbientCapabilities="));
+        let run = Command::Run { config: PathBuf::new(), metrics: None, on_exit: OnExit::Keep };
+        let mut want: std::collections::BTreeSet<String> =
+            run.capabilities().iter().map(|c| c.name().to_owned()).collect();
+        want.insert(Cap::SysAdmin.name().to_owned());
+        assert_eq!(bounding, want);
+        for line in ["Type=notify", "Restart=on-failure", "NoNewPrivileges=yes", "ReadWritePaths=/sys/fs/bpf"]
+        {
+            assert!(unit.lines().any(|l| l == line), "{line} missing from the unit");
+        }
+    }
+}

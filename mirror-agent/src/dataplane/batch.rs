@@ -1,6 +1,7 @@
 //! `BPF_MAP_LOOKUP_BATCH` over the per-CPU `COUNTERS` array: a scrape of
 //! 4095 sessions reads 131 072 per-CPU counters in a handful of syscalls
-//! instead of one each. aya 0.14 has no batch API; this is the one call.
+//! instead of one each, and `SESSIONS` likewise. aya 0.14 has no batch
+//! API; this is the one call.
 use std::{
     io,
     os::fd::{AsRawFd as _, BorrowedFd},
@@ -24,35 +25,35 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Values buffer per syscall (keys × CPUs × 16 bytes): 2 MiB whatever the
-/// number of possible CPUs.
+/// Values buffer per syscall: 2 MiB, however large a value (a per-CPU
+/// value is one per possible CPU).
 const BUFFER_BYTES: usize = 2 << 20;
 
-/// Reads elements `0..entries` of a per-CPU array of [`Counter`]s, summed
-/// over `cpus` CPUs (the map's possible CPUs).
-pub fn per_cpu_counters(map: BorrowedFd<'_>, entries: u32, cpus: usize) -> io::Result<Vec<Counter>> {
-    let chunk = (BUFFER_BYTES / (cpus.max(1) * size_of::<Counter>())).clamp(1, 8192) as u32;
-    let mut out = Vec::with_capacity(entries as usize);
+/// Reads elements `0..entries` of an array map whose values are
+/// `value_bytes` long (for per-CPU maps: CPUs × the 8-byte-rounded value),
+/// in key order.
+fn array_batch(map: BorrowedFd<'_>, entries: u32, value_bytes: usize) -> io::Result<Vec<u8>> {
+    let chunk = (BUFFER_BYTES / value_bytes.max(1)).clamp(1, 8192) as u32;
+    let mut out = Vec::with_capacity(entries as usize * value_bytes);
     let mut keys = vec![0u32; chunk as usize];
-    // Per-CPU values are laid out per key, each CPU's value 8-byte aligned
-    // (a Counter is 16 bytes, already aligned).
-    let mut values = vec![Counter::default(); chunk as usize * cpus];
+    let mut values = vec![0u8; chunk as usize * value_bytes];
     let mut next: u32 = 0;
     let mut first = true;
-    while (out.len() as u32) < entries {
+    let mut read = 0u32;
+    while read < entries {
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { std::ptr::from_ref(&next) as u64 },
             out_batch: std::ptr::from_mut(&mut next) as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: chunk.min(entries - out.len() as u32),
+            count: chunk.min(entries - read),
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
         // `in_batch` and `out_batch` may point to the same token: the
         // kernel reads the former before it writes the latter.
         // SAFETY: every pointer in `attr` refers to a live buffer sized for
-        // `count` keys and `count × cpus` values; the size of `attr` is passed.
+        // `count` keys and `count` values; the size of `attr` is passed.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -70,19 +71,15 @@ pub fn per_cpu_counters(map: BorrowedFd<'_>, entries: u32, cpus: usize) -> io::R
         } else {
             false
         };
-        for i in 0..attr.count as usize {
-            let mut sum = Counter::default();
-            for c in &values[i * cpus..(i + 1) * cpus] {
-                sum.packets += c.packets;
-                sum.bytes += c.bytes;
-            }
-            if keys[i] as usize != out.len() {
+        for (i, key) in keys.iter().enumerate().take(attr.count as usize) {
+            if *key != read {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "batch lookup returned keys out of order",
                 ));
             }
-            out.push(sum);
+            out.extend_from_slice(&values[i * value_bytes..(i + 1) * value_bytes]);
+            read += 1;
         }
         first = false;
         if done || attr.count == 0 {
@@ -90,6 +87,35 @@ pub fn per_cpu_counters(map: BorrowedFd<'_>, entries: u32, cpus: usize) -> io::R
         }
     }
     Ok(out)
+}
+
+/// Reads elements `0..entries` of a per-CPU array of [`Counter`]s, summed
+/// over `cpus` CPUs (the map's possible CPUs).
+pub fn per_cpu_counters(map: BorrowedFd<'_>, entries: u32, cpus: usize) -> io::Result<Vec<Counter>> {
+    let per_key = cpus * size_of::<Counter>();
+    let raw = array_batch(map, entries, per_key)?;
+    Ok(raw
+        .chunks_exact(per_key)
+        .map(|key| {
+            key.chunks_exact(size_of::<Counter>()).fold(Counter::default(), |mut sum, c| {
+                // SAFETY: `c` holds exactly one Counter's bytes (plain integers).
+                let c: Counter = unsafe { std::ptr::read_unaligned(c.as_ptr().cast()) };
+                sum.packets += c.packets;
+                sum.bytes += c.bytes;
+                sum
+            })
+        })
+        .collect())
+}
+
+/// Reads elements `0..entries` of an array map of `T`.
+pub fn array_values<T: aya::Pod>(map: BorrowedFd<'_>, entries: u32) -> io::Result<Vec<T>> {
+    let raw = array_batch(map, entries, size_of::<T>())?;
+    Ok(raw
+        .chunks_exact(size_of::<T>())
+        // SAFETY: `T: Pod`: any bytes of its size are a valid `T`.
+        .map(|v| unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) })
+        .collect())
 }
 
 #[cfg(test)]

@@ -426,9 +426,20 @@ impl Store {
 
     /// Every session, by id, with its sources.
     pub fn sessions(&self) -> Result<Vec<Session>> {
+        use aya::maps::IterableMap as _;
         let mut by_id: BTreeMap<u32, Session> = BTreeMap::new();
-        for id in 1..MAX_SESSIONS {
-            let config = self.sessions.get(&id, 0).context("reading SESSIONS")?;
+        // One batch read of the whole table; one lookup per id if the
+        // kernel cannot batch.
+        let configs =
+            match super::batch::array_values::<SessionConfig>(self.sessions.map().fd().as_fd(), MAX_SESSIONS)
+            {
+                Ok(all) if all.len() == MAX_SESSIONS as usize => all,
+                _ => (0..MAX_SESSIONS)
+                    .map(|id| self.sessions.get(&id, 0).context("reading SESSIONS"))
+                    .collect::<Result<Vec<_>>>()?,
+            };
+        for (id, config) in configs.into_iter().enumerate().skip(1) {
+            let id = id as u32;
             if !config.is_free() {
                 by_id.insert(
                     id,
