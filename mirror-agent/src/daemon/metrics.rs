@@ -12,8 +12,14 @@ use std::{
 use anyhow::Result;
 use mirror_common::{GLOBAL_SESSION_ID, MAX_SESSIONS, MAX_SOURCE_HOOKS, direction, reason};
 use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+    },
     registry::Registry,
 };
 use tokio::{
@@ -25,7 +31,7 @@ use crate::{
     cli::commands::Context,
     dataplane::{
         bpffs, hooks,
-        store::{Store, direction_name},
+        store::{ReasonCounters, Store, direction_name},
     },
 };
 
@@ -45,28 +51,9 @@ pub struct DaemonStatus {
 pub type SharedStatus = Arc<Mutex<DaemonStatus>>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CounterLabels {
-    session: String,
-    direction: String,
-    reason: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DirectionLabels {
-    session: String,
-    direction: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GlobalLabels {
     direction: String,
     reason: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SessionLabels {
-    session: String,
-    owner: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,6 +95,130 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
     registry.register(name, help, g);
 }
 
+/// One session's figures, read at the scrape.
+#[derive(Debug)]
+struct SessionRow {
+    name: String,
+    owner: &'static str,
+    sources: i64,
+    /// `None`: the hooks could not be probed.
+    missing: Option<i64>,
+    directions: Vec<(&'static str, ReasonCounters)>,
+}
+
+/// Every session's series, encoded straight from the snapshot: no label
+/// hashing, no metric objects (4095 sessions make ~33 000 series).
+#[derive(Debug, Default)]
+struct SessionRows(Vec<SessionRow>);
+
+impl SessionRows {
+    fn counters(
+        &self,
+        encoder: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        value: impl Fn(&ReasonCounters) -> Vec<(&'static str, u64)>,
+    ) -> std::fmt::Result {
+        let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for row in &self.0 {
+            for (dir, c) in &row.directions {
+                for (reason, v) in value(c) {
+                    if reason.is_empty() {
+                        let labels = [("session", row.name.as_str()), ("direction", dir)];
+                        ConstCounter::new(v).encode(metric.encode_family(&labels)?)?;
+                    } else {
+                        let labels = [("session", row.name.as_str()), ("direction", dir), ("reason", reason)];
+                        ConstCounter::new(v).encode(metric.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `mirrored` always; a failure reason once it happened (a series per
+/// reason × 4095 sessions would be mostly zeros). Outcomes are disjoint, so
+/// summing over `reason` is meaningful: they add up to `matched`.
+fn outcomes(c: &ReasonCounters, pick: impl Fn(&mirror_common::Counter) -> u64) -> Vec<(&'static str, u64)> {
+    reason::OUTCOMES
+        .iter()
+        .filter(|&&r| r == reason::MIRRORED || c[r as usize].packets != 0)
+        .map(|&r| (reason::NAMES[r as usize], pick(&c[r as usize])))
+        .collect()
+}
+
+impl Collector for SessionRows {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        self.counters(
+            &mut encoder,
+            "mirror_agent_packets",
+            "Copy attempts per session, direction and outcome (mirrored or a failure reason; they sum to matched)",
+            |c| outcomes(c, |x| x.packets),
+        )?;
+        self.counters(
+            &mut encoder,
+            "mirror_agent_bytes",
+            "Bytes of copy attempts per session, direction and outcome",
+            |c| outcomes(c, |x| x.bytes),
+        )?;
+        let at = |r: u32, bytes: bool| {
+            move |c: &ReasonCounters| {
+                let x = c[r as usize];
+                vec![("", if bytes { x.bytes } else { x.packets })]
+            }
+        };
+        self.counters(
+            &mut encoder,
+            "mirror_agent_matched_packets",
+            "Packets selected by a session",
+            at(reason::MATCHED, false),
+        )?;
+        self.counters(
+            &mut encoder,
+            "mirror_agent_matched_bytes",
+            "Bytes of the packets selected by a session",
+            at(reason::MATCHED, true),
+        )?;
+        self.counters(
+            &mut encoder,
+            "mirror_agent_truncated_packets",
+            "Copies cut to the session's snap length",
+            at(reason::TRUNCATED, false),
+        )?;
+        self.counters(
+            &mut encoder,
+            "mirror_agent_truncated_bytes",
+            "Bytes cut off copies",
+            at(reason::TRUNCATED, true),
+        )?;
+        let mut sources = encoder.encode_descriptor(
+            "mirror_agent_session_sources",
+            "Source interfaces per session",
+            None,
+            MetricType::Gauge,
+        )?;
+        for row in &self.0 {
+            ConstGauge::new(row.sources)
+                .encode(sources.encode_family(&[("session", row.name.as_str()), ("owner", row.owner)])?)?;
+        }
+        let mut missing = encoder.encode_descriptor(
+            "mirror_agent_session_hooks_missing",
+            "Hooks a session needs that are not attached",
+            None,
+            MetricType::Gauge,
+        )?;
+        for row in &self.0 {
+            if let Some(m) = row.missing {
+                ConstGauge::new(m).encode(
+                    missing.encode_family(&[("session", row.name.as_str()), ("owner", row.owner)])?,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Reads everything and builds the registry for one scrape.
 pub fn collect(ctx: &Context, status: Option<&DaemonStatus>) -> Result<Registry> {
     let mut registry = Registry::default();
@@ -118,34 +229,6 @@ pub fn collect(ctx: &Context, status: Option<&DaemonStatus>) -> Result<Registry>
     );
     build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").to_owned() }).set(1);
 
-    let packets = Family::<CounterLabels, Counter>::default();
-    let bytes = Family::<CounterLabels, Counter>::default();
-    registry.register(
-        "mirror_agent_packets",
-        "Copy attempts per session, direction and outcome (mirrored or a failure reason; they sum to matched)",
-        packets.clone(),
-    );
-    registry.register(
-        "mirror_agent_bytes",
-        "Bytes of copy attempts per session, direction and outcome",
-        bytes.clone(),
-    );
-    let matched_p = Family::<DirectionLabels, Counter>::default();
-    let matched_b = Family::<DirectionLabels, Counter>::default();
-    let cut_p = Family::<DirectionLabels, Counter>::default();
-    let cut_b = Family::<DirectionLabels, Counter>::default();
-    registry.register("mirror_agent_matched_packets", "Packets selected by a session", matched_p.clone());
-    registry.register(
-        "mirror_agent_matched_bytes",
-        "Bytes of the packets selected by a session",
-        matched_b.clone(),
-    );
-    registry.register(
-        "mirror_agent_truncated_packets",
-        "Copies cut to the session's snap length",
-        cut_p.clone(),
-    );
-    registry.register("mirror_agent_truncated_bytes", "Bytes cut off copies", cut_b.clone());
     let global = Family::<GlobalLabels, Counter>::default();
     registry.register(
         "mirror_agent_unattributed_packets",
@@ -154,16 +237,6 @@ pub fn collect(ctx: &Context, status: Option<&DaemonStatus>) -> Result<Registry>
     );
     let sessions_g =
         gauge_family::<OwnerLabels>(&mut registry, "mirror_agent_sessions", "Sessions, by owner");
-    let sources_g = gauge_family::<SessionLabels>(
-        &mut registry,
-        "mirror_agent_session_sources",
-        "Source interfaces per session",
-    );
-    let missing_g = gauge_family::<SessionLabels>(
-        &mut registry,
-        "mirror_agent_session_hooks_missing",
-        "Hooks a session needs that are not attached",
-    );
     let used_g = gauge_family::<MapLabels>(&mut registry, "mirror_agent_map_entries", "Entries in use");
     let cap_g =
         gauge_family::<MapLabels>(&mut registry, "mirror_agent_map_capacity", "Entries a map can hold");
@@ -189,50 +262,26 @@ pub fn collect(ctx: &Context, status: Option<&DaemonStatus>) -> Result<Registry>
                 }
             };
             let all = store.all_counters()?;
+            let mut rows = SessionRows::default();
             for s in &sessions {
-                let owner = s.owner().as_str().to_owned();
-                sessions_g.get_or_create(&OwnerLabels { owner: owner.clone() }).inc();
-                let labels = SessionLabels { session: s.name().to_owned(), owner };
-                sources_g.get_or_create(&labels).set(s.sources.len() as i64);
-                if let Some(missing) = &missing {
-                    missing_g
-                        .get_or_create(&labels)
-                        .set(missing.iter().filter(|h| h.serves(s)).count() as i64);
-                }
+                let owner = s.owner().as_str();
+                sessions_g.get_or_create(&OwnerLabels { owner: owner.to_owned() }).inc();
+                let mut row = SessionRow {
+                    name: s.name().to_owned(),
+                    owner,
+                    sources: s.sources.len() as i64,
+                    missing: missing.as_ref().map(|m| m.iter().filter(|h| h.serves(s)).count() as i64),
+                    directions: Vec::new(),
+                };
                 for d in [direction::INGRESS, direction::EGRESS] {
                     if s.config.direction_mask & (1 << d) == 0 && !s.taps.iter().any(|t| t.direction == d) {
                         continue;
                     }
-                    let counters = &all[s.id as usize][d as usize];
-                    let dl = DirectionLabels {
-                        session: s.name().to_owned(),
-                        direction: direction_name(d).to_owned(),
-                    };
-                    let m = counters[reason::MATCHED as usize];
-                    matched_p.get_or_create(&dl).inc_by(m.packets);
-                    matched_b.get_or_create(&dl).inc_by(m.bytes);
-                    let t = counters[reason::TRUNCATED as usize];
-                    cut_p.get_or_create(&dl).inc_by(t.packets);
-                    cut_b.get_or_create(&dl).inc_by(t.bytes);
-                    // Outcomes are disjoint, so summing over `reason` is
-                    // meaningful. `mirrored` always; a failure reason once it
-                    // happens (a series per reason × 4095 sessions would be
-                    // mostly zeros).
-                    for r in reason::OUTCOMES {
-                        let c = counters[r as usize];
-                        if r != reason::MIRRORED && c.packets == 0 {
-                            continue;
-                        }
-                        let l = CounterLabels {
-                            session: s.name().to_owned(),
-                            direction: direction_name(d).to_owned(),
-                            reason: reason::NAMES[r as usize].to_owned(),
-                        };
-                        packets.get_or_create(&l).inc_by(c.packets);
-                        bytes.get_or_create(&l).inc_by(c.bytes);
-                    }
+                    row.directions.push((direction_name(d), all[s.id as usize][d as usize]));
                 }
+                rows.0.push(row);
             }
+            registry.register_collector(Box::new(rows));
             for d in [direction::INGRESS, direction::EGRESS] {
                 let counters = &all[GLOBAL_SESSION_ID as usize][d as usize];
                 for r in [reason::NO_SESSION, reason::COPY_NOT_REMIRRORED] {
