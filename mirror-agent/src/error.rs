@@ -46,6 +46,12 @@ pub enum InputError {
          cannot read: run `detach --all` with that build first"
     )]
     LegacyState { dir: String },
+    #[error(
+        "{dir} holds sessions whose COUNTERS has {value_size}-byte values (one counter per reason, \
+         the layout before per-direction counters), which this build cannot read: run `detach --all` \
+         with that build first"
+    )]
+    CounterLayout { dir: String, value_size: usize },
     #[error("the agent was built without its eBPF object (AYA_BUILD_SKIP); rebuild it normally")]
     NoEbpfObject,
 }

@@ -169,8 +169,11 @@ pub type EntryRef = u64;
 pub const NO_ENTRY: EntryRef = 0;
 /// Session names are stored NUL-padded in the session map.
 pub const SESSION_NAME_LEN: usize = 32;
-/// `COUNTERS` entries: one per (session, direction, reason).
-pub const COUNTER_SLOTS: u32 = MAX_SESSIONS * direction::COUNT * reason::COUNT;
+/// `COUNTERS` entries: one per (session, direction), each holding every
+/// reason's counter ([`DirectionCounters`]). One element per direction, not
+/// per reason, so that reading them all (a scrape) is 8192 elements, not
+/// 131 072: the kernel's batch lookup pays per element.
+pub const COUNTER_SLOTS: u32 = MAX_SESSIONS * direction::COUNT;
 
 /// Smallest snap length accepted: 64 bytes is the minimum Ethernet frame
 /// and still holds Ethernet + 802.1Q + IPv4 + TCP/UDP headers. 0 = no cut.
@@ -206,10 +209,10 @@ pub mod copy_mark {
 // The session id must fit the mark's session field.
 const _: () = assert!(MAX_SESSIONS - 1 <= copy_mark::SESSION_MASK);
 
-/// Index of a counter in `COUNTERS`.
+/// Index of a (session, direction)'s counters in `COUNTERS`.
 #[inline(always)]
-pub const fn counter_index(session_id: u32, direction: u32, reason: u32) -> u32 {
-    (session_id * direction::COUNT + direction) * reason::COUNT + reason
+pub const fn counter_index(session_id: u32, direction: u32) -> u32 {
+    session_id * direction::COUNT + direction
 }
 
 /// One hook of one source interface (also the `SOURCE_OVERFLOW` key).
@@ -322,6 +325,15 @@ pub struct Counter {
 }
 const _: () = assert!(size_of::<Counter>() == 16);
 
+/// `COUNTERS` value (per CPU): one (session, direction)'s counter for every
+/// reason, indexed by reason code.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectionCounters {
+    pub reasons: [Counter; reason::COUNT as usize],
+}
+const _: () = assert!(size_of::<DirectionCounters>() == 16 * reason::COUNT as usize);
+
 /// Names of the pinned maps and programs: the agent finds them by these.
 pub mod names {
     pub const SOURCE_INDEX: &str = "SOURCE_INDEX";
@@ -346,8 +358,8 @@ pub mod names {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{Counter, SessionConfig, SourceEntry, SourceKey};
-    // SAFETY: all four are `repr(C)`, made only of integers, with every
+    use super::{Counter, DirectionCounters, SessionConfig, SourceEntry, SourceKey};
+    // SAFETY: all five are `repr(C)`, made only of integers, with every
     // padding byte an explicit field, so any bit pattern is valid.
     unsafe impl aya::Pod for SourceKey {}
     // SAFETY: as above.
@@ -356,6 +368,8 @@ mod pod {
     unsafe impl aya::Pod for SessionConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Counter {}
+    // SAFETY: as above (an array of `Counter`).
+    unsafe impl aya::Pod for DirectionCounters {}
 }
 
 #[cfg(test)]
@@ -374,10 +388,9 @@ mod tests {
 
     #[test]
     fn counter_indexes_are_dense_and_in_range() {
-        assert_eq!(counter_index(0, 0, 0), 0);
-        assert_eq!(counter_index(0, 0, reason::COUNT - 1) + 1, counter_index(0, 1, 0));
-        let last = counter_index(MAX_SESSIONS - 1, direction::EGRESS, reason::COUNT - 1);
-        assert_eq!(last, COUNTER_SLOTS - 1);
+        assert_eq!(counter_index(0, 0), 0);
+        assert_eq!(counter_index(0, direction::EGRESS) + 1, counter_index(1, direction::INGRESS));
+        assert_eq!(counter_index(MAX_SESSIONS - 1, direction::EGRESS), COUNTER_SLOTS - 1);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use mirror_common::{
-    COUNTER_SLOTS, Counter, EntryRef, GLOBAL_SESSION_ID, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
+    COUNTER_SLOTS, DirectionCounters, EntryRef, GLOBAL_SESSION_ID, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
     MAX_SOURCE_HOOKS, NO_ENTRY, SOURCE_ENTRY_COUNT, SessionConfig, SourceEntry, SourceKey, copy_mark,
     counter_index, direction, reason, source_index,
 };
@@ -34,7 +34,7 @@ static SESSIONS: Array<SessionConfig> = Array::pinned(MAX_SESSIONS, 0);
 /// (session, direction, reason) → packets and bytes, per CPU so that no two
 /// CPUs ever write the same cache line.
 #[map]
-static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+static COUNTERS: PerCpuArray<DirectionCounters> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 
 /// What the destination hook did to the copy being sent, for the source hook
 /// that sent it. `bpf_clone_redirect` runs the destination's tc egress
@@ -79,12 +79,15 @@ pub fn mirror_dst_egress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn count(session_id: u32, direction: u32, reason: u32, bytes: u32) {
-    if let Some(counter) = COUNTERS.get_ptr_mut(counter_index(session_id, direction, reason)) {
+    if let Some(counters) = COUNTERS.get_ptr_mut(counter_index(session_id, direction)) {
         // SAFETY: a per-CPU slot is only written by this CPU, with preemption
-        // off for the program's run; the pointer comes from a successful lookup.
+        // off for the program's run; the pointer comes from a successful
+        // lookup, and `get_mut` bounds the reason.
         unsafe {
-            (*counter).packets += 1;
-            (*counter).bytes += u64::from(bytes);
+            if let Some(counter) = (*counters).reasons.get_mut(reason as usize) {
+                counter.packets += 1;
+                counter.bytes += u64::from(bytes);
+            }
         }
     }
 }

@@ -251,14 +251,11 @@ fn foreign_tcx_program_keeps_running_before_during_and_after() {
         ebpf
     });
     let seen = |ebpf: &mut aya::Ebpf| -> u64 {
-        let counters: aya::maps::PerCpuArray<_, mirror_common::Counter> =
+        let counters: aya::maps::PerCpuArray<_, mirror_common::DirectionCounters> =
             aya::maps::PerCpuArray::try_from(ebpf.map_mut("COUNTERS").unwrap()).unwrap();
-        let idx = mirror_common::counter_index(
-            0,
-            mirror_common::direction::INGRESS,
-            mirror_common::reason::NO_SESSION,
-        );
-        counters.get(&idx, 0).unwrap().iter().map(|c| c.packets).sum()
+        let idx = mirror_common::counter_index(0, mirror_common::direction::INGRESS);
+        let no_session = mirror_common::reason::NO_SESSION as usize;
+        counters.get(&idx, 0).unwrap().iter().map(|c| c.reasons[no_session].packets).sum()
     };
 
     ping(&topo.client, SERVER_IP, 10);

@@ -7,8 +7,8 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, TestRun as _, TestRunOptions},
 };
 use mirror_common::{
-    Counter, EntryRef, SessionConfig, SessionSlot, SourceEntry, SourceKey, copy_mark, counter_index,
-    direction, reason, source_index,
+    Counter, DirectionCounters, EntryRef, SessionConfig, SessionSlot, SourceEntry, SourceKey, copy_mark,
+    counter_index, direction, reason, source_index,
 };
 use mirror_tests::{run_command, topology::Netns};
 
@@ -91,11 +91,12 @@ fn run(ebpf: &Ebpf, prog: &str, data: &[u8], ifindex: u32, mark: u32) -> (u32, u
 }
 
 fn counter(ebpf: &Ebpf, session: u32, dir: u32, r: u32) -> Counter {
-    let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(ebpf.map("COUNTERS").unwrap()).unwrap();
-    map.get(&counter_index(session, dir, r), 0)
-        .unwrap()
-        .iter()
-        .fold(Counter::default(), |a, c| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes })
+    let map: PerCpuArray<_, DirectionCounters> =
+        PerCpuArray::try_from(ebpf.map("COUNTERS").unwrap()).unwrap();
+    map.get(&counter_index(session, dir), 0).unwrap().iter().fold(Counter::default(), |a, c| {
+        let c = c.reasons[r as usize];
+        Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes }
+    })
 }
 
 /// `matched` as the agent derives it: every outcome once.

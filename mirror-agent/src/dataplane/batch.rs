@@ -1,5 +1,5 @@
 //! `BPF_MAP_LOOKUP_BATCH` over the per-CPU `COUNTERS` array: a scrape of
-//! 4095 sessions reads 131 072 per-CPU counters in a handful of syscalls
+//! 4095 sessions reads all 8192 per-CPU elements in a handful of syscalls
 //! instead of one each, and `SESSIONS` likewise. aya 0.14 has no batch
 //! API; this is the one call.
 use std::{
@@ -89,23 +89,29 @@ fn array_batch(map: BorrowedFd<'_>, entries: u32, value_bytes: usize) -> io::Res
     Ok(out)
 }
 
-/// Reads elements `0..entries` of a per-CPU array of [`Counter`]s, summed
-/// over `cpus` CPUs (the map's possible CPUs).
-pub fn per_cpu_counters(map: BorrowedFd<'_>, entries: u32, cpus: usize) -> io::Result<Vec<Counter>> {
-    let per_key = cpus * size_of::<Counter>();
-    let raw = array_batch(map, entries, per_key)?;
-    Ok(raw
-        .chunks_exact(per_key)
-        .map(|key| {
-            key.chunks_exact(size_of::<Counter>()).fold(Counter::default(), |mut sum, c| {
+/// Reads elements `0..entries` of a per-CPU array whose values are `width`
+/// [`Counter`]s, summed over `cpus` CPUs (the map's possible CPUs), as one
+/// flat list (element by element, then counter by counter).
+pub fn per_cpu_counters(
+    map: BorrowedFd<'_>,
+    entries: u32,
+    cpus: usize,
+    width: usize,
+) -> io::Result<Vec<Counter>> {
+    let value = width * size_of::<Counter>();
+    let raw = array_batch(map, entries, cpus * value)?;
+    let mut out = vec![Counter::default(); entries as usize * width];
+    for (key, sums) in raw.chunks_exact(cpus * value).zip(out.chunks_exact_mut(width)) {
+        for cpu in key.chunks_exact(value) {
+            for (sum, c) in sums.iter_mut().zip(cpu.chunks_exact(size_of::<Counter>())) {
                 // SAFETY: `c` holds exactly one Counter's bytes (plain integers).
                 let c: Counter = unsafe { std::ptr::read_unaligned(c.as_ptr().cast()) };
                 sum.packets += c.packets;
                 sum.bytes += c.bytes;
-                sum
-            })
-        })
-        .collect())
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Reads elements `0..entries` of an array map of `T`.
@@ -171,7 +177,7 @@ mod tests {
             )
             .expect("BPF_MAP_UPDATE_ELEM");
         }
-        let got = per_cpu_counters(map.as_fd(), ENTRIES, cpus).expect("batch lookup");
+        let got = per_cpu_counters(map.as_fd(), ENTRIES, cpus, 1).expect("batch lookup");
         assert_eq!(got.len(), ENTRIES as usize);
         let n = cpus as u64;
         for key in [0u32, 1, 8191, 8192, 19_999] {

@@ -14,9 +14,9 @@ use aya::{
     util::nr_cpus,
 };
 use mirror_common::{
-    Counter, EntryRef, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, MAX_SOURCE_HOOKS, NO_ENTRY, SESSION_NAME_LEN,
-    SOURCE_ENTRY_COUNT, SessionConfig, SessionSlot, SourceEntry, SourceKey, counter_index, direction, names,
-    reason, session_flags, source_index,
+    Counter, DirectionCounters, EntryRef, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, MAX_SOURCE_HOOKS, NO_ENTRY,
+    SESSION_NAME_LEN, SOURCE_ENTRY_COUNT, SessionConfig, SessionSlot, SourceEntry, SourceKey, counter_index,
+    direction, names, reason, session_flags, source_index,
 };
 
 use crate::{dataplane::bpffs::Layout, error::InputError};
@@ -246,7 +246,7 @@ pub struct Store {
     overflow: HashMap<MapData, SourceKey, u32>,
     entries: Array<MapData, SourceEntry>,
     sessions: Array<MapData, SessionConfig>,
-    counters: PerCpuArray<MapData, Counter>,
+    counters: PerCpuArray<MapData, DirectionCounters>,
     /// Every hook, as published.
     hooks: BTreeMap<SourceKey, Hook>,
     /// Entries that stray references (not ours to clear) still point to.
@@ -291,6 +291,13 @@ impl Store {
         }
         let [index, overflow, entries, sessions, counters] =
             <[MapData; 5]>::try_from(maps).expect("five maps");
+        // Earlier builds kept one 16-byte counter per reason in COUNTERS.
+        let value_size = counters.info().context("reading COUNTERS' definition")?.value_size() as usize;
+        if value_size != size_of::<DirectionCounters>() {
+            return Err(
+                InputError::CounterLayout { dir: layout.dir.display().to_string(), value_size }.into()
+            );
+        }
         let mut store = Self {
             index: IndexMapping::new(index)?,
             overflow: HashMap::try_from(Map::HashMap(overflow))?,
@@ -522,10 +529,8 @@ impl Store {
         self.before_fill()?;
         let cpus = nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
         for dir in [direction::INGRESS, direction::EGRESS] {
-            for r in 0..reason::COUNT {
-                let zero = PerCpuValues::try_from(vec![Counter::default(); cpus])?;
-                self.counters.set(counter_index(id, dir, r), zero, 0)?;
-            }
+            let zero = PerCpuValues::try_from(vec![DirectionCounters::default(); cpus])?;
+            self.counters.set(counter_index(id, dir), zero, 0)?;
         }
         self.sessions.set(id, config, 0).context("writing SESSIONS")?;
         Ok(id)
@@ -615,12 +620,14 @@ impl Store {
     pub fn all_counters(&self) -> Result<Vec<[ReasonCounters; 2]>> {
         use aya::maps::IterableMap as _;
         let cpus = nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        let slots = mirror_common::COUNTER_SLOTS as usize * reason::COUNT as usize;
         let flat = match super::batch::per_cpu_counters(
             self.counters.map().fd().as_fd(),
             mirror_common::COUNTER_SLOTS,
             cpus,
+            reason::COUNT as usize,
         ) {
-            Ok(flat) if flat.len() == mirror_common::COUNTER_SLOTS as usize => flat,
+            Ok(flat) if flat.len() == slots => flat,
             other => {
                 if let Err(e) = other {
                     tracing::debug!("batch lookup of COUNTERS: {e}; reading one by one");
@@ -650,9 +657,8 @@ impl Store {
     /// direction, summed over CPUs, with `matched` derived from the outcomes.
     pub fn counters(&self, id: u32, dir: u32) -> Result<ReasonCounters> {
         let mut out = [Counter::default(); reason::COUNT as usize];
-        for (r, slot) in out.iter_mut().enumerate() {
-            let per_cpu = self.counters.get(&counter_index(id, dir, r as u32), 0)?;
-            for c in per_cpu.iter() {
+        for cpu in self.counters.get(&counter_index(id, dir), 0)?.iter() {
+            for (slot, c) in out.iter_mut().zip(&cpu.reasons) {
                 slot.packets += c.packets;
                 slot.bytes += c.bytes;
             }
