@@ -26,7 +26,7 @@ fn link(index: u32, name: &str, kind: LinkKind, master: Option<u32>, mac: u8) ->
         master,
         kind,
         peer: None,
-        peer_in_other_netns: false,
+        peer_netnsid: None,
         up: true,
         loopback: false,
     }
@@ -39,7 +39,7 @@ fn populated_host() -> Host {
     lo.loopback = true;
     let mut vethpod = link(7, "vethpod", LinkKind::Veth, None, 7);
     vethpod.peer = Some(2);
-    vethpod.peer_in_other_netns = true;
+    vethpod.peer_netnsid = Some(1);
     for l in [
         lo,
         link(2, "br0", LinkKind::Bridge, None, 1),
@@ -56,10 +56,14 @@ fn populated_host() -> Host {
     let mut pod = Snapshot::default();
     let mut eth0 = link(2, "eth0", LinkKind::Veth, None, 8);
     eth0.peer = Some(7);
-    eth0.peer_in_other_netns = true;
+    eth0.peer_netnsid = Some(0);
     pod.links.insert(2, eth0);
     pod.links.insert(3, link(3, "eth1", LinkKind::Other, None, 9));
-    Host { local, netns: BTreeMap::from([("pod-a".to_owned(), pod)]) }
+    Host {
+        local,
+        netns: BTreeMap::from([("pod-a".to_owned(), pod)]),
+        netns_ids: BTreeMap::from([("pod-a".to_owned(), 1)]),
+    }
 }
 
 fuzz_target!(|data: &[u8]| {

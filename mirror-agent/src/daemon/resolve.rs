@@ -24,6 +24,9 @@ use mirror_common::direction;
 pub struct Host {
     pub local: Snapshot,
     pub netns: BTreeMap<String, Snapshot>,
+    /// The id by which the local namespace knows each of `netns` (absent:
+    /// no veth crosses to it).
+    pub netns_ids: BTreeMap<String, i32>,
 }
 
 impl Host {
@@ -198,12 +201,16 @@ fn resolve_session(
                     ));
                     continue;
                 };
-                // Its veth peer here: a veth whose peer is `inside`.
+                // Its veth peer here: a veth whose peer is `inside`, in that
+                // very namespace (ifindexes are per namespace: the pair of
+                // numbers alone could be another pod's).
+                let ns_id = host.netns_ids.get(netns).copied();
                 let peer = inside.peer.and_then(|p| local.links.get(&p)).filter(|p| {
                     inside.kind == LinkKind::Veth
                         && p.kind == LinkKind::Veth
                         && p.peer == Some(inside.index)
-                        && p.peer_in_other_netns
+                        && p.peer_netnsid.is_some()
+                        && p.peer_netnsid == ns_id
                 });
                 match peer {
                     Some(p) => candidates.push(Candidate {
@@ -277,7 +284,7 @@ mod tests {
             master,
             kind,
             peer: None,
-            peer_in_other_netns: false,
+            peer_netnsid: None,
             up: true,
             loopback: false,
         }
@@ -298,14 +305,23 @@ mod tests {
         local.fdb.push(FdbEntry { mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56], port: 3 });
         let mut veth = link(7, "vethpod", LinkKind::Veth, None, 7);
         veth.peer = Some(2);
-        veth.peer_in_other_netns = true;
+        veth.peer_netnsid = Some(3);
         local.links.insert(7, veth);
         let mut pod = Snapshot::default();
         let mut eth0 = link(2, "eth0", LinkKind::Veth, None, 8);
         eth0.peer = Some(7);
-        eth0.peer_in_other_netns = true;
+        eth0.peer_netnsid = Some(0);
         pod.links.insert(2, eth0);
-        Host { local, netns: BTreeMap::from([("pod-a".to_owned(), pod)]) }
+        let mut other = Snapshot::default();
+        let mut eth0 = link(2, "eth0", LinkKind::Veth, None, 9);
+        eth0.peer = Some(7);
+        eth0.peer_netnsid = Some(0);
+        other.links.insert(2, eth0);
+        Host {
+            local,
+            netns: BTreeMap::from([("pod-a".to_owned(), pod), ("pod-b".to_owned(), other)]),
+            netns_ids: BTreeMap::from([("pod-a".to_owned(), 3), ("pod-b".to_owned(), 4)]),
+        }
     }
 
     fn sources(r: &Resolution) -> Vec<(u32, u32)> {
@@ -327,6 +343,24 @@ mod tests {
             vec![(3, direction::INGRESS), (4, direction::INGRESS), (7, direction::EGRESS)]
         );
         assert_eq!(r.specs[0].dest_ifindex, 2);
+    }
+
+    #[test]
+    fn a_netns_peer_is_matched_by_namespace_identity_not_by_numbers() {
+        // pod-b's eth0 is also index 2 with peer index 7, but vethpod's peer
+        // lives in pod-a (nsid 3), not pod-b (nsid 4).
+        let c = config::parse(
+            "t",
+            "sessions:\n  - name: p\n    sources: [{netns: pod-b, interface: eth0}]\n    dest: mon0\n",
+        )
+        .expect("valid");
+        let r = resolve(&c, &host());
+        assert!(r.specs[0].taps.is_empty(), "{:?}", r.specs[0].taps);
+        assert!(
+            r.notes.iter().any(|(_, n)| n.contains("not a veth whose peer is in this namespace")),
+            "{:?}",
+            r.notes
+        );
     }
 
     #[test]

@@ -106,6 +106,9 @@ async fn read_host(handle: &rtnetlink::Handle, config: &Config) -> Result<Host> 
         let n = name.clone();
         let snap = tokio::task::spawn_blocking(move || links::snapshot_of_netns(&n)).await??;
         if let Some(snap) = snap {
+            if let Some(id) = links::nsid_of(handle, &crate::net::netns::path_of(&name)).await? {
+                host.netns_ids.insert(name.clone(), id);
+            }
             host.netns.insert(name, snap);
         }
     }
@@ -117,6 +120,9 @@ pub fn read_host_blocking(config: &Config) -> Result<Host> {
     let mut host = Host { local: links::snapshot_blocking()?, ..Host::default() };
     for name in Host::netns_wanted(config) {
         if let Some(snap) = links::snapshot_of_netns(&name)? {
+            if let Some(id) = links::nsid_of_blocking(&crate::net::netns::path_of(&name))? {
+                host.netns_ids.insert(name.clone(), id);
+            }
             host.netns.insert(name, snap);
         }
     }

@@ -23,8 +23,9 @@ pub struct Link {
     pub kind: LinkKind,
     /// `IFLA_LINK`: for a veth, its peer's ifindex (in the peer's namespace).
     pub peer: Option<u32>,
-    /// `IFLA_LINK_NETNSID`: the peer lives in another namespace.
-    pub peer_in_other_netns: bool,
+    /// `IFLA_LINK_NETNSID`: the id, in this namespace, of the namespace the
+    /// peer lives in (absent: the same namespace).
+    pub peer_netnsid: Option<i32>,
     pub up: bool,
     pub loopback: bool,
 }
@@ -68,7 +69,7 @@ fn link_of(msg: &LinkMessage) -> Option<Link> {
         master: None,
         kind: LinkKind::Other,
         peer: None,
-        peer_in_other_netns: false,
+        peer_netnsid: None,
         up: msg.header.flags.contains(LinkFlags::Up),
         loopback: msg.header.flags.contains(LinkFlags::Loopback),
     };
@@ -78,7 +79,7 @@ fn link_of(msg: &LinkMessage) -> Option<Link> {
             LinkAttribute::Address(a) => link.mac = mac_of(a),
             LinkAttribute::Controller(m) => link.master = Some(*m),
             LinkAttribute::Link(p) => link.peer = Some(*p),
-            LinkAttribute::LinkNetNsId(_) => link.peer_in_other_netns = true,
+            LinkAttribute::LinkNetNsId(id) => link.peer_netnsid = Some(*id),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(kind) = info {
@@ -130,6 +131,38 @@ pub async fn snapshot(handle: &Handle) -> Result<Snapshot> {
     Ok(snap)
 }
 
+/// The id by which the current namespace knows the namespace at `path`
+/// (`RTM_GETNSID`; what `IFLA_LINK_NETNSID` of a veth into it holds), or
+/// `None` if it has none (no veth crosses to it).
+pub async fn nsid_of(handle: &Handle, path: &Path) -> Result<Option<i32>> {
+    use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+    use netlink_packet_route::{
+        RouteNetlinkMessage,
+        nsid::{NsidAttribute, NsidMessage},
+    };
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut msg = NsidMessage::default();
+    msg.attributes.push(NsidAttribute::Fd(file.as_raw_fd() as u32));
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
+    req.header.flags = NLM_F_REQUEST;
+    let mut responses = handle.clone().request(req).context("asking for a namespace id")?;
+    while let Some(m) = futures::StreamExt::next(&mut responses).await {
+        match m.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(msg)) => {
+                let id = msg.attributes.iter().find_map(|a| match a {
+                    NsidAttribute::Id(id) => Some(*id),
+                    _ => None,
+                });
+                return Ok(id.filter(|id| *id >= 0));
+            }
+            NetlinkPayload::Error(e) => return Err(e.to_io()).context("RTM_GETNSID"),
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
 /// [`snapshot`] of the current thread's namespace, from synchronous code.
 pub fn snapshot_blocking() -> Result<Snapshot> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -140,6 +173,24 @@ pub fn snapshot_blocking() -> Result<Snapshot> {
         task.abort();
         snap
     })
+}
+
+/// [`nsid_of`] from synchronous code.
+pub fn nsid_of_blocking(path: &Path) -> Result<Option<i32>> {
+    let path = path.to_owned();
+    // A thread of its own: callers may be on a tokio thread.
+    std::thread::spawn(move || -> Result<Option<i32>> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+            let task = tokio::spawn(conn);
+            let id = nsid_of(&handle, &path).await;
+            task.abort();
+            id
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("nsid reader thread panicked"))?
 }
 
 /// [`snapshot`] of another namespace (a `/run/netns` name or a path), on a
