@@ -235,7 +235,17 @@ fn notify_ready() {
 pub fn run(ctx: Context, opts: &Options, metrics: Option<std::net::TcpListener>) -> Result<()> {
     // An invalid config at start is fatal; later ones are rejected and the
     // running sessions go on.
+    // Until tokio's handler is in place a SIGHUP must not kill the daemon
+    // (the config is read at start anyway).
+    // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
     let config = config::load(&opts.config)?;
+    if !Host::netns_wanted(&config).is_empty() {
+        // `netns:` selectors read other namespaces (setns).
+        crate::caps::require("run", &[crate::caps::Cap::SysAdmin])?;
+    }
     let _claim = claim_namespace(&ctx.netns_label)?;
     // A long-running process with two workers and a blocking pool needs no
     // arena per thread: fewer arenas, less memory kept after a pass.
