@@ -19,17 +19,7 @@ use mirror_agent::{
 };
 
 fn link(index: u32, name: &str, kind: LinkKind, master: Option<u32>, mac: u8) -> Link {
-    Link {
-        index,
-        name: name.to_owned(),
-        mac: Some([0x52, 0x54, 0, 0x12, 0x34, mac]),
-        master,
-        kind,
-        peer: None,
-        peer_netnsid: None,
-        up: true,
-        loopback: false,
-    }
+    Link::synthetic(index, name, kind, master, [0x52, 0x54, 0, 0x12, 0x34, mac])
 }
 
 fn populated_host() -> Host {

@@ -277,17 +277,7 @@ mod tests {
     };
 
     fn link(index: u32, name: &str, kind: LinkKind, master: Option<u32>, mac: u8) -> Link {
-        Link {
-            index,
-            name: name.to_owned(),
-            mac: Some([0x52, 0x54, 0, 0, 0, mac]),
-            master,
-            kind,
-            peer: None,
-            peer_netnsid: None,
-            up: true,
-            loopback: false,
-        }
+        Link::synthetic(index, name, kind, master, [0x52, 0x54, 0, 0, 0, mac])
     }
 
     fn host() -> Host {

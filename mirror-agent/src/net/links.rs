@@ -30,6 +30,24 @@ pub struct Link {
     pub loopback: bool,
 }
 
+impl Link {
+    /// An up link as a dump would describe it, with no peer: for tests and
+    /// the fuzzer's synthetic hosts.
+    pub fn synthetic(index: u32, name: &str, kind: LinkKind, master: Option<u32>, mac: [u8; 6]) -> Self {
+        Self {
+            index,
+            name: name.to_owned(),
+            mac: Some(mac),
+            master,
+            kind,
+            peer: None,
+            peer_netnsid: None,
+            up: true,
+            loopback: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkKind {
     Bridge,
