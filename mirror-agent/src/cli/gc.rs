@@ -104,15 +104,16 @@ fn remove_state(dir: &Path) -> Result<()> {
 
 /// Why a state directory must not be collected although no live namespace
 /// has its cookie: a TCX link still attached to an interface (so its
-/// namespace lives), or clsact-mode pins, whose filters cannot be checked
-/// from here.
+/// namespace lives somewhere gc cannot see).
 fn still_attached(dir: &Path) -> Result<Option<String>> {
     let Ok(entries) = fs::read_dir(dir.join("links")) else { return Ok(None) };
     for e in entries {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
+        // A clsact-mode pin is the program, not the filter: unpinning it
+        // never detaches a live filter, so it is no evidence either way.
         if name.starts_with("tc-") {
-            return Ok(Some(format!("holds clsact-mode pin {name}, which cannot be checked")));
+            continue;
         }
         if crate::dataplane::hooks::tcx_link_attached(&e.path())? {
             return Ok(Some(format!("link {name} is still attached to an interface")));
@@ -122,10 +123,14 @@ fn still_attached(dir: &Path) -> Result<Option<String>> {
 }
 
 pub fn run(bpffs_root: &Path) -> Result<()> {
-    if bpffs::in_container() {
+    let own_mounts = matches!(
+        (fs::read_link("/proc/self/ns/mnt"), fs::read_link("/proc/1/ns/mnt")),
+        (Ok(ours), Ok(init)) if ours != init
+    );
+    if bpffs::in_container() || own_mounts {
         anyhow::bail!(
-            "gc runs on the host only: in a container's PID namespace it cannot see every task \
-             that keeps a network namespace alive"
+            "gc runs on the host only: from a container's PID or mount namespace it cannot see every \
+             task and /run/netns entry that keeps a network namespace alive"
         );
     }
     if !bpffs::is_bpffs(bpffs_root) {

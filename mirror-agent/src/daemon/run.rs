@@ -51,6 +51,8 @@ const RTMGRP_LINK: u32 = 1;
 const RTMGRP_NEIGH: u32 = 1 << 2;
 /// Events closer together than this are folded into one reconcile.
 const SETTLE: Duration = Duration::from_millis(30);
+/// A pass gives up reading the host after this long (and retries).
+const HOST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A failed reconcile is retried after this long (a destination being
 /// created, a transient error), and on the next event anyway.
 const RETRY: Duration = Duration::from_secs(1);
@@ -270,8 +272,7 @@ async fn main_loop(
         reloads_ok: 1,
         ..DaemonStatus::default()
     }));
-    let (mut conn, handle, mut events) =
-        rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    let (mut conn, _, mut events) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
     conn.socket_mut()
         .socket_mut()
         .bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_NEIGH))
@@ -280,10 +281,22 @@ async fn main_loop(
     // rmem_max only SO_RCVBUFFORCE (CAP_NET_ADMIN) raises it.
     force_receive_buffer(conn.socket_mut().socket_mut(), 8 << 20);
     tokio::spawn(conn);
+    // Dumps and queries on a connection of their own: a reply never waits
+    // behind (or is lost with) a burst of events.
+    let (requests, handle) = {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+        (tokio::spawn(conn), handle)
+    };
     let mut watch = Watch::new(&opts.config).context("watching the config file")?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // An edit between the first read and the watch must not be lost.
+    if let Ok(now) = config::load(&opts.config)
+        && now != config
+    {
+        config = now;
+    }
     if let Some(listener) = metrics {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -301,7 +314,10 @@ async fn main_loop(
         {
             dirty_since = None;
             let started = Instant::now();
-            let result = match read_host(&handle, &config).await {
+            let read = tokio::time::timeout(HOST_READ_TIMEOUT, read_host(&handle, &config)).await;
+            let result = match read
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("reading the host over rtnetlink timed out")))
+            {
                 Ok(host) => {
                     let (ctx2, config2) = (ctx.clone(), config.clone());
                     tokio::task::spawn_blocking(move || plan_and_apply(&ctx2, &config2, &host, true)).await?
@@ -313,8 +329,17 @@ async fn main_loop(
             match result {
                 Ok((changes, res)) => {
                     retry_at = None;
-                    st.sessions_refused =
-                        changes.iter().filter(|c| matches!(c, Change::Refused { .. })).count() as u64;
+                    // A session whose additions were refused but whose
+                    // removals applied is running, not refused.
+                    st.sessions_refused = changes
+                        .iter()
+                        .filter(|c| {
+                            matches!(c, Change::Refused { .. })
+                                && !changes
+                                    .iter()
+                                    .any(|u| matches!(u, Change::Update { .. }) && u.name() == c.name())
+                        })
+                        .count() as u64;
                     st.sources_denied = res.denied.len() as u64;
                     drop(st);
                     audit_pass(&changes, &res, &mut memory);
@@ -392,6 +417,7 @@ async fn main_loop(
             }
         }
     }
+    requests.abort();
     tracing::info!(on_exit = ?opts.on_exit, "stopping");
     if opts.on_exit == OnExit::Remove {
         let empty = Config { sessions: Vec::new(), policy: config.policy.clone() };

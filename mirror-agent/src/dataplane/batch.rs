@@ -89,6 +89,15 @@ fn array_batch(map: BorrowedFd<'_>, entries: u32, value_bytes: usize) -> io::Res
     Ok(out)
 }
 
+/// A batch that ended early (a smaller map): the caller falls back.
+fn short_read(got: usize, want: usize) -> io::Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("batch lookup read {got} of {want} bytes")))
+    }
+}
+
 /// Reads elements `0..entries` of a per-CPU array whose values are `width`
 /// [`Counter`]s, summed over `cpus` CPUs (the map's possible CPUs), as one
 /// flat list (element by element, then counter by counter).
@@ -100,6 +109,7 @@ pub fn per_cpu_counters(
 ) -> io::Result<Vec<Counter>> {
     let value = width * size_of::<Counter>();
     let raw = array_batch(map, entries, cpus * value)?;
+    short_read(raw.len(), entries as usize * cpus * value)?;
     let mut out = vec![Counter::default(); entries as usize * width];
     for (key, sums) in raw.chunks_exact(cpus * value).zip(out.chunks_exact_mut(width)) {
         for cpu in key.chunks_exact(value) {
@@ -117,6 +127,7 @@ pub fn per_cpu_counters(
 /// Reads elements `0..entries` of an array map of `T`.
 pub fn array_values<T: aya::Pod>(map: BorrowedFd<'_>, entries: u32) -> io::Result<Vec<T>> {
     let raw = array_batch(map, entries, size_of::<T>())?;
+    short_read(raw.len(), entries as usize * size_of::<T>())?;
     Ok(raw
         .chunks_exact(size_of::<T>())
         // SAFETY: `T: Pod`: any bytes of its size are a valid `T`.

@@ -195,8 +195,15 @@ fn attached_in(dir: &std::path::Path) -> Result<Vec<Attached>> {
 /// The hooks the current sessions need.
 fn desired(store: &Store) -> Result<BTreeSet<Hook>> {
     let mut hooks = BTreeSet::new();
-    for (key, _) in store.source_hooks() {
+    for (key, entry) in store.source_hooks() {
         hooks.insert(Hook { kind: HookKind::source(key.direction), ifindex: key.ifindex });
+        // A slot still sending cut copies somewhere needs the hook that cuts
+        // them there, whatever SESSIONS says now (an update in progress).
+        for slot in &entry.slots[..entry.slot_count as usize] {
+            if slot.snaplen != 0 && slot.dest_ifindex != 0 {
+                hooks.insert(Hook { kind: HookKind::DstEgress, ifindex: slot.dest_ifindex });
+            }
+        }
     }
     for session in store.sessions()? {
         // A destination that does not exist (ifindex 0: a daemon session
@@ -431,27 +438,28 @@ fn detach_all_but(want: &BTreeSet<Hook>, layout: &Layout, repair: bool) -> Resul
     Ok(())
 }
 
-/// The hooks pinned right now (live or not).
-pub fn pinned(layout: &Layout) -> Result<BTreeSet<Hook>> {
-    Ok(attached(layout)?.into_iter().map(|a| a.hook).collect())
-}
-
 /// Brings the attachments in line with the maps. Detaches first, so that a
 /// removed session stops costing anything even if a later attach fails.
 pub fn reconcile(store: &Store, layout: &Layout, mode: AttachMode) -> Result<()> {
-    reconcile_keeping(store, layout, mode, &BTreeSet::new())
+    match reconcile_keeping(store, layout, mode, &BTreeSet::new())?.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
 }
 
-/// As [`reconcile`], but hooks in `keep` stay even if no session needs them.
-/// Every missing hook is tried; the first error is returned after the rest.
+/// As [`reconcile`], and `extra` hooks are kept and attached too even if
+/// no session needs them yet (a plan about to need them). Every missing
+/// hook is tried: those that could not be attached are returned. `Err` is
+/// for what stops the whole pass: a probe that could not look, no object.
 pub fn reconcile_keeping(
     store: &Store,
     layout: &Layout,
     mode: AttachMode,
-    keep: &BTreeSet<Hook>,
-) -> Result<()> {
-    let want = desired(store)?;
-    detach_all_but(&want.iter().chain(keep).copied().collect(), layout, true)?;
+    extra: &BTreeSet<Hook>,
+) -> Result<Vec<(Hook, anyhow::Error)>> {
+    let mut want = desired(store)?;
+    want.extend(extra.iter().copied());
+    detach_all_but(&want, layout, true)?;
     let have = attached(layout)?;
     let present: BTreeSet<Hook> = have.iter().map(|a| a.hook).collect();
     let missing: Vec<Hook> = want
@@ -461,12 +469,12 @@ pub fn reconcile_keeping(
         .filter(|h| iface::name(h.ifindex).is_some())
         .collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     fs::create_dir_all(layout.links_dir())?;
     let mut ebpf = crate::dataplane::store::load_object(layout)?;
     let use_tcx = mode.use_tcx();
-    let mut first_error = None;
+    let mut failures = Vec::new();
     for hook in missing {
         if let Err(e) = attach(&mut ebpf, layout, hook, use_tcx) {
             // Deleted while we were attaching: nothing to hook, not an error
@@ -476,10 +484,15 @@ pub fn reconcile_keeping(
                 continue;
             }
             tracing::warn!(hook = %hook.describe(), "cannot attach: {e:#}");
-            first_error.get_or_insert(e);
+            failures.push((hook, e));
         }
     }
-    first_error.map_or(Ok(()), Err)
+    Ok(failures)
+}
+
+/// The destination hook a session of this shape needs, if any.
+pub fn cut_hook(dest_ifindex: u32, snaplen: u32) -> Option<Hook> {
+    (snaplen != 0 && dest_ifindex != 0).then_some(Hook { kind: HookKind::DstEgress, ifindex: dest_ifindex })
 }
 
 fn pin_path(layout: &Layout, hook: Hook, record: Record) -> PathBuf {

@@ -363,7 +363,10 @@ pub fn apply(
         // Only removals: nothing to attach, so nothing to probe.
         return Ok(created);
     }
-    // 3. New and changed configurations, then the destination hooks they need.
+    // 3. New sessions' configurations (no slot refers to them yet), then
+    // every hook the plan needs, attached before any slot or changed
+    // configuration points at it; nothing is detached yet, so a changed
+    // destination's old hook keeps cutting what is still sent there.
     let mut fill = Vec::new();
     for change in changes {
         match change {
@@ -373,46 +376,52 @@ pub fn apply(
                     .insert_session(&config)
                     .with_context(|| format!("attaching session {}", spec.name))?;
                 created.insert(spec.name.clone(), id);
-                fill.push((id, config, spec));
+                fill.push((id, config, spec, spec.taps.keys().copied().collect::<Vec<_>>(), false));
             }
-            Change::Update { id, spec, config_changed, add, .. } => {
+            Change::Update { id, spec, config_changed, add, .. } if *config_changed || !add.is_empty() => {
                 let old = store.session_config(*id)?;
-                let config = spec.config(old.created_unix_secs)?;
-                if *config_changed {
-                    store.update_session(*id, &config)?;
-                }
-                if *config_changed || !add.is_empty() {
-                    fill.push((*id, config, spec));
-                }
+                fill.push((*id, spec.config(old.created_unix_secs)?, spec, add.clone(), *config_changed));
             }
             _ => {}
         }
     }
-    // Attach what the new configurations need, detaching nothing yet: a
-    // changed destination's old hook keeps cutting the copies still sent
-    // there until the slots point elsewhere. One hook that cannot be
-    // attached does not hold up the rest (its session shows it missing).
-    let attach_error = hooks::reconcile_keeping(store, layout, mode, &hooks::pinned(layout)?).err();
-    // 4. Sources and slots, now that their sessions' destinations are ready.
+    let failures = hooks::reconcile_keeping(store, layout, mode, &keep)?;
+    let failed: BTreeSet<hooks::Hook> = failures.iter().map(|(h, _)| *h).collect();
+    // 4. Configurations and slots, then new sources, session by session:
+    // a session whose destination cannot cut its copies is left as it was
+    // (copies are never sent longer than allowed).
     let mut reconfigured = false;
-    for (id, config, spec) in &fill {
-        let (add, changed) = match changes.iter().find(|c| c.name() == spec.name) {
-            Some(Change::Update { add, config_changed, .. }) => (add.clone(), *config_changed),
-            _ => (spec.taps.keys().copied().collect(), false),
-        };
+    let mut refused = None;
+    for (id, config, spec, add, changed) in &fill {
+        if let Some(hook) = hooks::cut_hook(spec.dest_ifindex, spec.snaplen)
+            && failed.contains(&hook)
+        {
+            tracing::warn!(session = spec.name, "left unchanged: its destination's cut hook is not attached");
+            refused.get_or_insert_with(|| {
+                anyhow::anyhow!(
+                    "session {}: cannot attach {} (copies would go uncut)",
+                    spec.name,
+                    hook.describe()
+                )
+            });
+            continue;
+        }
+        if *changed {
+            store.update_session(*id, config)?;
+            reconfigured = true;
+        }
         store.refresh_slots(*id)?;
-        reconfigured |= changed;
         store
-            .add_taps(*id, config, &add)
+            .add_taps(*id, config, add)
             .with_context(|| format!("adding sources to session {}", spec.name))?;
     }
-    // 5. Copies that were already on their way to an old destination are
-    // through before its hook goes.
+    // 5. Copies already on their way to an old destination are through
+    // before its hook goes.
     if reconfigured {
         store.wait_for_readers()?;
     }
     hooks::reconcile(store, layout, mode)?;
-    if let Some(e) = attach_error {
+    if let Some(e) = refused.or_else(|| failures.into_iter().next().map(|(_, e)| e)) {
         return Err(e);
     }
     Ok(created)

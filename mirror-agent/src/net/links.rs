@@ -159,7 +159,12 @@ pub async fn nsid_of(handle: &Handle, path: &Path) -> Result<Option<i32>> {
         nsid::{NsidAttribute, NsidMessage},
     };
     use std::os::fd::AsRawFd as _;
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        // Deleted since it was listed.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
     let mut msg = NsidMessage::default();
     msg.attributes.push(NsidAttribute::Fd(file.as_raw_fd() as u32));
     let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
