@@ -762,3 +762,91 @@ fn netns_selector_taps_the_host_side_peer_with_directions_from_inside() {
     wait_until(WAIT, "vl's pins gone with its namespace", || !pinned_ifindexes(&topo.host).contains(&vl));
     wait_sources(&agent, "pod", &["vc"]);
 }
+
+/// Pings `count` times with 200-byte payloads (242-byte frames, longer than
+/// a 128-byte snap length) while capturing on `collectors`.
+fn big_pings(topo: &Topology, count: u32) -> Vec<Vec<Frame>> {
+    let caps: Vec<Capture> = topo.collectors.iter().map(|c| Capture::start(c, "eth0")).collect();
+    let n = count.to_string();
+    let out = topo
+        .client
+        .command(&["ping", "-q", "-c", &n, "-i", "0.01", "-s", "200", "-W", "1", SERVER_IP])
+        .output()
+        .expect("spawning ping");
+    assert!(out.status.success(), "production pings lost: {}", String::from_utf8_lossy(&out.stdout));
+    caps.into_iter()
+        .map(|c| {
+            c.settle();
+            c.stop()
+        })
+        .collect()
+}
+
+/// A destination change to an interface whose egress hook cannot take our
+/// cut program (its TCX hook already holds as many programs as the kernel
+/// allows) leaves the session as it was: copies keep going, cut, to the
+/// old destination, and never uncut to the new one. Once the hook has room,
+/// the daemon's retry completes the change by itself.
+#[test]
+fn a_destination_that_cannot_cut_never_gets_uncut_copies() {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let topo = Topology::new(2);
+    let agent = topo.agent();
+    let yaml = |dest: &str| {
+        format!("sessions:\n  - name: s\n    sources: [{{name: vc}}]\n    dest: {dest}\n    snaplen: 128\n")
+    };
+    let d = Daemon::start(&topo.host, &yaml("vk0"), &[]);
+    let frames = big_pings(&topo, 10);
+    assert_eq!(icmp(&frames[0]), (10, 10), "copies at collector 0");
+    assert!(frames[0].iter().all(|f| f.len == 128), "copies are cut to 128 bytes");
+
+    // Fill vk1's egress hook with foreign pass-through programs until the
+    // kernel takes no more.
+    let bytes = std::fs::read(mirror_tests::ebpf_object().with_file_name("bench")).expect("bench object");
+    let foreign: Vec<aya::Ebpf> = topo.host.run(|| {
+        let mut held = Vec::new();
+        loop {
+            let mut ebpf = aya::EbpfLoader::new().load(&bytes).expect("load");
+            let prog: &mut SchedClassifier =
+                ebpf.program_mut("bench_clone_floor").expect("program").try_into().expect("classifier");
+            prog.load().expect("verifier");
+            if prog.attach("vk1", TcAttachType::Egress).is_err() {
+                break;
+            }
+            held.push(ebpf);
+            assert!(held.len() <= 64, "the hook takes more than 64 programs");
+        }
+        held
+    });
+    assert!(foreign.len() >= 60, "only {} foreign programs fit", foreign.len());
+
+    d.write_config(&yaml("vk1"));
+    d.wait_log("left unchanged: its destination's cut hook is not attached", 1, WAIT);
+    let vk0 = topo.host.ifindex("vk0");
+    let list = agent.list();
+    let s = session(&list, "s").expect("session s");
+    assert_eq!(s["dest"]["ifindex"].as_u64(), Some(u64::from(vk0)), "the session moved anyway: {s}");
+    let frames = big_pings(&topo, 10);
+    assert_eq!(icmp(&frames[0]), (10, 10), "the old destination stopped getting copies");
+    assert!(frames[0].iter().all(|f| f.len == 128), "copies to the old destination are cut");
+    assert_eq!(icmp(&frames[1]), (0, 0), "the new destination got copies without its cut hook");
+    for dir in ["ingress", "egress"] {
+        assert_eq!(agent.packets("s", dir, "not_cut"), 0, "{dir}: a copy was sent uncut");
+    }
+
+    // Room on the hook: the retry completes the change with no command.
+    drop(foreign);
+    let vk1 = topo.host.ifindex("vk1");
+    wait_until(WAIT, "the session to move to vk1", || {
+        session(&agent.list(), "s").is_some_and(|s| {
+            s["dest"]["ifindex"].as_u64() == Some(u64::from(vk1))
+                && s["hooks_missing"] == serde_json::json!([])
+        })
+    });
+    let frames = big_pings(&topo, 10);
+    assert_eq!((icmp(&frames[0]), icmp(&frames[1])), ((0, 0), (10, 10)), "copies follow the new destination");
+    assert!(frames[1].iter().all(|f| f.len == 128), "copies to the new destination are cut");
+    for dir in ["ingress", "egress"] {
+        assert_eq!(agent.packets("s", dir, "not_cut"), 0, "{dir}: a copy was sent uncut");
+    }
+}
