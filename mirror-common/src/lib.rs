@@ -206,6 +206,28 @@ pub mod copy_mark {
     }
 }
 
+/// The per-CPU `CUT_VERDICT` cell: how the source and destination hooks of
+/// one copy talk. `bpf_clone_redirect` runs the destination's egress hook
+/// synchronously on the same CPU, so the cell is private to the copy in
+/// flight.
+pub mod cut_verdict {
+    /// Nothing asked, or the destination hook did not run.
+    pub const NONE: u32 = 0;
+    /// The destination hook cut the copy.
+    pub const DONE: u32 = 1;
+    /// The destination hook could not cut it, and dropped it.
+    pub const FAILED: u32 = 2;
+    /// Set by the source with the slot's snap length in the low bits: the
+    /// destination hook cuts to exactly what the slot that made the copy
+    /// says (while a session's configuration changes, `SESSIONS` may
+    /// already say otherwise). Without it (a source program of an older
+    /// build) the destination hook reads `SESSIONS`.
+    pub const REQUEST: u32 = 1 << 31;
+    /// The snap length's bits in a request.
+    pub const SNAPLEN_MASK: u32 = 0xffff;
+}
+const _: () = assert!(SNAPLEN_MAX <= cut_verdict::SNAPLEN_MASK);
+
 // The session id must fit the mark's session field.
 const _: () = assert!(MAX_SESSIONS - 1 <= copy_mark::SESSION_MASK);
 

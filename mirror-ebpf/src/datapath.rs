@@ -8,7 +8,7 @@ use aya_ebpf::{
 use mirror_common::{
     COUNTER_SLOTS, DirectionCounters, EntryRef, GLOBAL_SESSION_ID, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
     MAX_SOURCE_HOOKS, NO_ENTRY, SOURCE_ENTRY_COUNT, SessionConfig, SourceEntry, SourceKey, copy_mark,
-    counter_index, direction, reason, source_index,
+    counter_index, cut_verdict, direction, reason, source_index,
 };
 
 /// (ifindex low bits, direction) → the hook's entry, then overflow cells;
@@ -42,9 +42,6 @@ static COUNTERS: PerCpuArray<DirectionCounters> = PerCpuArray::pinned(COUNTER_SL
 /// call returns and counts each copy exactly once, under the right reason.
 #[map]
 static CUT_VERDICT: PerCpuArray<u32> = PerCpuArray::pinned(1, 0);
-const CUT_NONE: u32 = 0;
-const CUT_DONE: u32 = 1;
-const CUT_FAILED: u32 = 2;
 
 // errno values returned by `bpf_clone_redirect` (negated).
 const ENOMEM: i64 = 12;
@@ -133,27 +130,38 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
         let slot = unsafe { (*entry).slots[i] };
 
         let cuts = slot.snaplen != 0 && len > slot.snaplen;
-        if cuts {
-            set_cut_verdict(CUT_NONE);
+        // Tell the destination hook what this slot allows (it runs inside
+        // the clone call, on this CPU).
+        if slot.snaplen != 0 {
+            set_cut_verdict(cut_verdict::REQUEST | slot.snaplen);
         }
         // Tag the original so that the clone carries the tag, then restore.
         ctx.set_mark(copy_mark::encode(slot.session_id, direction));
         // SAFETY: helper call with the program's own context.
         let ret = unsafe { bpf_clone_redirect(skb, slot.dest_ifindex, 0) };
         let outcome = redirect_outcome(ret);
+        let verdict = if slot.snaplen != 0 {
+            let v = read_cut_verdict();
+            // No later copy on this CPU may find this request.
+            set_cut_verdict(cut_verdict::NONE);
+            v
+        } else {
+            cut_verdict::NONE
+        };
         if !cuts {
             count(slot.session_id, direction, outcome, len);
             continue;
         }
-        match cut_verdict() {
-            CUT_DONE if outcome == reason::MIRRORED => {
+        match verdict {
+            cut_verdict::DONE if outcome == reason::MIRRORED => {
                 count(slot.session_id, direction, reason::TRUNCATED, len - slot.snaplen);
                 count(slot.session_id, direction, reason::MIRRORED, slot.snaplen);
             }
             // The destination hook dropped it (the call reports NET_XMIT_DROP).
-            CUT_FAILED => count(slot.session_id, direction, reason::SNAP_FAILED, len),
-            // Sent, but the destination hook never saw it: it left uncut.
-            CUT_NONE if outcome == reason::MIRRORED => {
+            cut_verdict::FAILED => count(slot.session_id, direction, reason::SNAP_FAILED, len),
+            // Sent, but the destination hook never saw it (the request is
+            // still there): it left uncut.
+            v if v != cut_verdict::DONE && outcome == reason::MIRRORED => {
                 count(slot.session_id, direction, reason::NOT_CUT, len)
             }
             _ => count(slot.session_id, direction, outcome, len),
@@ -206,8 +214,8 @@ fn set_cut_verdict(verdict: u32) {
 }
 
 #[inline(always)]
-fn cut_verdict() -> u32 {
-    CUT_VERDICT.get(0).copied().unwrap_or(CUT_NONE)
+fn read_cut_verdict() -> u32 {
+    CUT_VERDICT.get(0).copied().unwrap_or(cut_verdict::NONE)
 }
 
 #[inline(always)]
@@ -218,20 +226,26 @@ fn prepare_copy(ctx: &TcContext) -> i32 {
     if !copy_mark::is_copy(mark) {
         return TC_ACT_UNSPEC;
     }
-    let session_id = mark & copy_mark::SESSION_MASK;
-    let Some(session) = SESSIONS.get(session_id) else {
-        return TC_ACT_UNSPEC;
+    // What the slot that made this copy allows; from SESSIONS only for a
+    // source program that does not say (an older build's).
+    let request = read_cut_verdict();
+    let snaplen = if request & cut_verdict::REQUEST != 0 {
+        request & cut_verdict::SNAPLEN_MASK
+    } else {
+        match SESSIONS.get(mark & copy_mark::SESSION_MASK) {
+            Some(session) => session.snaplen,
+            None => return TC_ACT_UNSPEC,
+        }
     };
-    let snaplen = session.snaplen;
     if snaplen != 0 && len > snaplen {
         // SAFETY: helper call with the program's own context; the skb is our
         // clone, so cutting it never touches the original's data.
         if unsafe { bpf_skb_change_tail(skb, snaplen, 0) } != 0 {
             // Never send more than the operator allowed: drop this copy only.
-            set_cut_verdict(CUT_FAILED);
+            set_cut_verdict(cut_verdict::FAILED);
             return TC_ACT_SHOT;
         }
-        set_cut_verdict(CUT_DONE);
+        set_cut_verdict(cut_verdict::DONE);
     }
     TC_ACT_UNSPEC
 }

@@ -299,6 +299,20 @@ fn destination_program_cuts_only_tagged_copies() {
         // Already short: untouched.
         assert_eq!(run(&ebpf, "mirror_dst_egress", &frame(60), fx.dst, tag).2, 60);
         assert_eq!(counter(&ebpf, 1, direction::INGRESS, reason::SNAP_FAILED).packets, 0);
+        // The source's request wins over SESSIONS (a configuration being
+        // changed): cut to exactly what the slot that made the copy says.
+        let set_cell = |ebpf: &mut Ebpf, v: u32| {
+            let mut cell: PerCpuArray<_, u32> =
+                PerCpuArray::try_from(ebpf.map_mut("CUT_VERDICT").unwrap()).unwrap();
+            let cpus = aya::util::nr_cpus().unwrap();
+            cell.set(0, aya::maps::PerCpuValues::try_from(vec![v; cpus]).unwrap(), 0).unwrap();
+        };
+        set_cell(&mut ebpf, mirror_common::cut_verdict::REQUEST | 100);
+        assert_eq!(run(&ebpf, "mirror_dst_egress", &pkt, fx.dst, tag), (NEXT, tag, 100));
+        set_cell(&mut ebpf, mirror_common::cut_verdict::REQUEST);
+        assert_eq!(run(&ebpf, "mirror_dst_egress", &pkt, fx.dst, tag).2, 300, "a request for whole copies");
+        set_cell(&mut ebpf, mirror_common::cut_verdict::NONE);
+        assert_eq!(run(&ebpf, "mirror_dst_egress", &pkt, fx.dst, tag).2, 64, "no request: SESSIONS");
     });
 }
 
