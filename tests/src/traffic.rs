@@ -20,6 +20,11 @@ pub fn ping(ns: &Netns, dst: &str, count: u32) -> PingResult {
         .command(&["ping", "-q", "-c", &count.to_string(), "-i", "0.01", "-W", "1", dst])
         .output()
         .expect("spawning ping");
+    ping_result(&out)
+}
+
+/// What a finished `ping -q` run reports.
+pub fn ping_result(out: &std::process::Output) -> PingResult {
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| {
         panic!("unexpected ping output:\n{text}\n{}", String::from_utf8_lossy(&out.stderr))

@@ -172,12 +172,7 @@ fn ping_stream(topo: &Topology) -> PingResult {
         ])
         .output()
         .expect("spawning ping");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| {
-        panic!("unexpected ping output:\n{text}\n{}", String::from_utf8_lossy(&out.stderr))
-    });
-    let nums: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect();
-    PingResult { transmitted: nums[0], received: nums[1] }
+    mirror_tests::traffic::ping_result(&out)
 }
 
 /// Attaches "live" (vc → vk0, both directions, with `snaplen` if given),
