@@ -91,8 +91,12 @@ pub fn plan_and_apply(
     }
     if apply && let Some(mut store) = store {
         sessions::apply(&mut store, layout, ctx.mode, &changes)?;
-        // Hooks detached behind our back come back here too.
-        crate::dataplane::hooks::reconcile(&store, layout, ctx.mode)?;
+        // Hooks detached behind our back come back here too. A plan that
+        // creates or updates a session already ended with this; one that
+        // only removes (or does nothing) did not.
+        if !changes.iter().any(|c| matches!(c, Change::Create(_) | Change::Update { .. })) {
+            crate::dataplane::hooks::reconcile(&store, layout, ctx.mode)?;
+        }
         cleanup_if_unused(store, layout)?;
     }
     drop(lock);

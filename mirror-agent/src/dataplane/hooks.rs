@@ -200,17 +200,13 @@ fn desired(store: &Store) -> Result<BTreeSet<Hook>> {
         // A slot still sending cut copies somewhere needs the hook that cuts
         // them there, whatever SESSIONS says now (an update in progress).
         for slot in &entry.slots[..entry.slot_count as usize] {
-            if slot.snaplen != 0 && slot.dest_ifindex != 0 {
-                hooks.insert(Hook { kind: HookKind::DstEgress, ifindex: slot.dest_ifindex });
-            }
+            hooks.extend(cut_hook(slot.dest_ifindex, slot.snaplen));
         }
     }
     for session in store.sessions()? {
         // A destination that does not exist (ifindex 0: a daemon session
         // waiting for it) has no hook to need.
-        if session.config.snaplen != 0 && session.config.dest_ifindex != 0 {
-            hooks.insert(Hook { kind: HookKind::DstEgress, ifindex: session.config.dest_ifindex });
-        }
+        hooks.extend(cut_hook(session.config.dest_ifindex, session.config.snaplen));
     }
     Ok(hooks)
 }
@@ -379,15 +375,10 @@ impl Hook {
     }
 }
 
-/// Detaches every hook the maps no longer need, and attaches nothing: what
-/// `detach` runs, so that removing a session never depends on hooking others.
-pub fn detach_unneeded(store: &Store, layout: &Layout) -> Result<()> {
-    detach_unneeded_keeping(store, layout, &BTreeSet::new())
-}
-
-/// As [`detach_unneeded`], also keeping `keep`: hooks the rest of a plan
-/// is about to need again (so a session replaced by another on the same
-/// source never loses its hook in between).
+/// Detaches every hook the maps no longer need except `keep` (hooks the
+/// rest of a plan is about to need again, so a session replaced by another
+/// on the same source never loses its hook in between), and attaches
+/// nothing: removing a session never depends on hooking others.
 pub fn detach_unneeded_keeping(store: &Store, layout: &Layout, keep: &BTreeSet<Hook>) -> Result<()> {
     let mut want = desired(store)?;
     want.extend(keep.iter().copied());
@@ -402,9 +393,7 @@ pub fn needed_by(
 ) -> BTreeSet<Hook> {
     let mut hooks: BTreeSet<Hook> =
         taps.map(|k| Hook { kind: HookKind::source(k.direction), ifindex: k.ifindex }).collect();
-    if snaplen != 0 && dest_ifindex != 0 {
-        hooks.insert(Hook { kind: HookKind::DstEgress, ifindex: dest_ifindex });
-    }
+    hooks.extend(cut_hook(dest_ifindex, snaplen));
     hooks
 }
 

@@ -511,11 +511,6 @@ impl Store {
         check_hook_count(self.hooks.len(), new_hooks)
     }
 
-    /// Sessions already on hook `key`.
-    pub fn hook_fan_out(&self, key: &SourceKey) -> usize {
-        self.hook_entry(key).map_or(0, |e| e.slot_count as usize)
-    }
-
     /// Number of (source, direction) hooks in use.
     pub fn hook_count(&self) -> usize {
         self.hooks.len()
