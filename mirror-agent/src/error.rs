@@ -52,6 +52,17 @@ pub enum InputError {
          with that build first"
     )]
     CounterLayout { dir: String, value_size: usize },
+    #[error(
+        "{dir} holds sessions of another mirror-agent build ({what}), which this build cannot read: \
+         run `detach --all` with the build that made them first"
+    )]
+    StateLayout { dir: String, what: String },
+    #[error("invalid {what}: {rendered}")]
+    InvalidFilter { what: String, rendered: String },
+    #[error("{what} {value} is out of range: use {min}..={max}")]
+    OutOfRange { what: String, value: u64, min: u64, max: u64 },
+    #[error("{0}")]
+    Conflict(String),
     #[error("the agent was built without its eBPF object (AYA_BUILD_SKIP); rebuild it normally")]
     NoEbpfObject,
 }

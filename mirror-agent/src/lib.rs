@@ -14,4 +14,5 @@ pub mod cli;
 pub mod daemon;
 pub mod dataplane;
 pub mod error;
+pub mod filter;
 pub mod net;

@@ -6,7 +6,10 @@
 //! `bool`, enum or `Option`: the kernel side reads raw bytes). The numeric
 //! values here are a stable contract: pinned maps outlive agent upgrades,
 //! and dashboards key on reason codes. Append; never renumber.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
+
+pub mod parse;
+pub mod vm;
 
 /// Packet direction, from the *source* interface's point of view.
 pub mod direction {
@@ -41,11 +44,11 @@ pub mod reason {
     pub const MIRRORED: u32 = 1;
     /// The copy is cut to the session's snap length; bytes = bytes cut.
     pub const TRUNCATED: u32 = 2;
-    /// Reserved: not selected by the session's filter.
+    /// Not selected by the session's filter (bytes: the packet's length).
     pub const FILTERED: u32 = 3;
-    /// Reserved: skipped by the session's sampling.
+    /// Selected by the filter, skipped by the session's sampling.
     pub const SAMPLED_OUT: u32 = 4;
-    /// Reserved: skipped by the session's rate limit.
+    /// Selected, over the session's rate limit: not copied.
     pub const RATE_LIMITED: u32 = 5;
     /// The destination's qdisc answered `NET_XMIT_CN`: it is congested, or
     /// the destination is down / without carrier (such a device's
@@ -72,8 +75,22 @@ pub mod reason {
     /// A packet carrying the copy tag reached a source hook and was not
     /// mirrored again (loop prevention).
     pub const COPY_NOT_REMIRRORED: u32 = 15;
-    /// Number of reason slots per (session, direction).
-    pub const COUNT: u32 = 16;
+    /// Selected by a `--dry-run` session: it would have been copied, and
+    /// was not (bytes: the packet's length, before any cut).
+    pub const DRY_RUN: u32 = 16;
+    /// Accepted by this exclusive session's filter, but an exclusive
+    /// session of higher priority on the same source took the packet.
+    pub const PREEMPTED: u32 = 17;
+    /// A copy reached this `--include-copies` session already
+    /// [`super::copy_mark::MAX_DEPTH`] copies deep: not copied again.
+    pub const HOP_LIMIT: u32 = 18;
+    /// Number of reason slots per (session, direction); 19–23 are free for
+    /// the next reasons, so that adding one does not change the layout.
+    pub const COUNT: u32 = 24;
+
+    /// Why a packet the session saw was not copied: each packet a session's
+    /// hook sees is counted under exactly one of these or one outcome.
+    pub const NOT_SELECTED: [u32; 6] = [FILTERED, SAMPLED_OUT, RATE_LIMITED, DRY_RUN, PREEMPTED, HOP_LIMIT];
 
     /// The outcomes of a copy attempt: each attempt is counted under exactly one.
     pub const OUTCOMES: [u32; 9] = [
@@ -106,7 +123,18 @@ pub mod reason {
         "redirect_failed",
         "no_session",
         "copy_not_remirrored",
+        "dry_run",
+        "preempted",
+        "hop_limit",
+        "reserved_19",
+        "reserved_20",
+        "reserved_21",
+        "reserved_22",
+        "reserved_23",
     ];
+
+    /// Reasons that exist (the rest of the `COUNT` slots are reserved).
+    pub const DEFINED: u32 = 19;
 
     /// True for the codes that count a copy that did not reach the destination.
     pub const fn is_failure(reason: u32) -> bool {
@@ -183,8 +211,11 @@ pub const SNAPLEN_MAX: u32 = 65535;
 
 /// Copies carry a tag in `skb->mark` so that no hook mirrors a copy again
 /// and the destination hook knows which session a copy belongs to.
-/// Layout: `MAGIC (upper 16 bits) | direction (bit 15) | session id (bits 0..12)`.
-/// The original packet's mark is restored after cloning.
+/// Layout: `MAGIC (upper 16 bits) | direction (bit 15) | depth - 1 (bits
+/// 12..15) | session id (bits 0..12)`. The original packet's mark is
+/// restored after cloning. The depth (1 for a copy of an original) bounds
+/// copies of copies (`--include-copies`), so that even a cycle of sessions
+/// ends.
 pub mod copy_mark {
     /// Upper 16 bits of a copy's mark ("MI").
     pub const MAGIC: u32 = 0x4d49_0000;
@@ -194,10 +225,26 @@ pub mod copy_mark {
     pub const EGRESS_BIT: u32 = 1 << 15;
     /// Mask selecting the session id.
     pub const SESSION_MASK: u32 = 0x0fff;
+    /// Where the depth is kept (minus one).
+    pub const DEPTH_SHIFT: u32 = 12;
+    pub const DEPTH_MASK: u32 = 0x7;
+    /// The deepest copy: a session that includes copies copies a copy only
+    /// if it is less deep than this (a copy of a copy of a copy).
+    pub const MAX_DEPTH: u32 = 3;
 
     /// The mark a copy of `session_id`'s `direction` traffic carries.
     pub const fn encode(session_id: u32, direction: u32) -> u32 {
-        MAGIC | (direction << 15) | (session_id & SESSION_MASK)
+        encode_at(session_id, direction, 1)
+    }
+
+    /// The mark of a copy `depth` copies deep (1..=[`MAX_DEPTH`]).
+    pub const fn encode_at(session_id: u32, direction: u32, depth: u32) -> u32 {
+        MAGIC | (direction << 15) | ((depth - 1) & DEPTH_MASK) << DEPTH_SHIFT | (session_id & SESSION_MASK)
+    }
+
+    /// How many copies deep a copy's mark says it is.
+    pub const fn depth(mark: u32) -> u32 {
+        ((mark >> DEPTH_SHIFT) & DEPTH_MASK) + 1
     }
 
     /// True if `mark` is a copy tag.
@@ -256,10 +303,301 @@ pub struct SessionSlot {
     pub dest_ifindex: u32,
     /// 0 = whole packet.
     pub snaplen: u32,
-    /// Reserved for per-slot selection flags (filter present, sampling…).
+    /// [`slot_flags`]: what the hook must check before copying. 0 (the
+    /// common case) = copy every packet, with no further lookup.
     pub flags: u32,
 }
 const _: () = assert!(size_of::<SessionSlot>() == 16);
+
+/// Bits of [`SessionSlot::flags`]: which selection steps the hook runs for
+/// this slot. 0 (the common case) = copy every packet, with no further
+/// lookup. Append; never renumber.
+pub mod slot_flags {
+    /// Run the filter program named by the slot's [`Selector`](super::Selector).
+    pub const FILTER: u32 = 1 << 0;
+    /// The slot's selector is the session's second bank. The agent writes a
+    /// changed selector (and its program) into the bank no slot uses, then
+    /// publishes slots naming it, so a program never reads a half-written one.
+    pub const BANK1: u32 = 1 << 1;
+    /// Keep one packet in `Selector::sample_every` (random, or per flow
+    /// with [`super::selector_flags::SAMPLE_FLOW`]).
+    pub const SAMPLE: u32 = 1 << 2;
+    /// Charge copies to the session's token buckets (`RATE_STATE`).
+    pub const RATE_LIMIT: u32 = 1 << 3;
+    /// Count what would be copied under `dry_run`; copy nothing.
+    pub const DRY_RUN: u32 = 1 << 4;
+    /// Exclusive: the first exclusive slot (in slot order, i.e. priority)
+    /// whose filter accepts a packet takes it; later exclusive slots of the
+    /// hook skip it (counted `preempted`).
+    pub const EXCLUSIVE: u32 = 1 << 5;
+    /// Also mirror copies made by other sessions, up to
+    /// [`super::copy_mark::MAX_DEPTH`] copies deep.
+    pub const INCLUDE_COPIES: u32 = 1 << 6;
+    /// Steps that need the slot's selector.
+    pub const NEEDS_SELECTOR: u32 = FILTER | SAMPLE | RATE_LIMIT;
+}
+
+/// Bits of [`SourceEntry::flags`]: the union of what its slots need, so a
+/// hook can skip work no slot asks for.
+pub mod entry_flags {
+    /// Some slot has [`super::slot_flags::INCLUDE_COPIES`].
+    pub const INCLUDE_COPIES: u32 = 1 << 0;
+    /// Some slot has a selection step (any slot flag but the bank).
+    pub const SELECTS: u32 = 1 << 1;
+}
+
+/// Bits of [`Selector::flags`].
+pub mod selector_flags {
+    /// The program reads parsed fields (`LD_FIELD`/`TEST_FIELD`): parse the
+    /// headers (once per packet) before running it.
+    pub const FIELDS: u32 = 1 << 0;
+    /// Sampling keeps whole flows: a symmetric hash of the 5-tuple decides,
+    /// so both directions of a flow are kept or skipped together.
+    pub const SAMPLE_FLOW: u32 = 1 << 1;
+}
+
+/// `SELECTORS` value: one bank of a session's selection, everything the
+/// hook needs beyond the slot. Index: `session_id * 2 + bank`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Selector {
+    /// First instruction of the filter program in `FILTER_INSNS`.
+    pub prog_start: u32,
+    /// Instructions in the program (at most [`filter::MAX_INSNS`]).
+    pub prog_len: u32,
+    /// [`selector_flags`].
+    pub flags: u32,
+    /// Keep one packet in N (0 or 1 = every packet).
+    pub sample_every: u32,
+    /// Packet bucket: nanoseconds of budget one copy costs (GCRA emission
+    /// interval, 1e9 / rate); 0 = no packet rate limit.
+    pub ns_per_packet: u64,
+    /// How far ahead of now the packet bucket may run (burst), nanoseconds.
+    pub packet_tolerance_ns: u64,
+    /// Byte bucket: nanoseconds per copied byte, 16.16 fixed point;
+    /// 0 = no byte rate limit.
+    pub ns_per_byte_fp16: u64,
+    /// How far ahead of now the byte bucket may run (burst), nanoseconds.
+    pub byte_tolerance_ns: u64,
+    pub _reserved: [u32; 4],
+}
+const _: () = assert!(size_of::<Selector>() == 64);
+
+/// `SELECTORS` entries: two banks per session.
+pub const SELECTOR_BANKS: u32 = MAX_SESSIONS * 2;
+
+/// The `SELECTORS` index of `session_id`'s bank 0 or 1.
+#[inline(always)]
+pub const fn selector_index(session_id: u32, bank1: bool) -> u32 {
+    session_id * 2 + bank1 as u32
+}
+
+/// `RATE_STATE` value, per session (both directions share it): the
+/// theoretical arrival times of the two GCRA buckets, in `bpf_ktime_get_ns`
+/// time. Shared by every CPU, advanced with atomic adds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    pub packets_tat_ns: u64,
+    pub bytes_tat_ns: u64,
+}
+const _: () = assert!(size_of::<RateState>() == 16);
+
+/// Filter programs: a small register machine that pcap-filter expressions
+/// and rule sets compile to, run by the datapath's interpreter (one
+/// verified program for all sessions; a filter is data, never code the
+/// verifier has to see).
+///
+/// Its semantics are classic BPF's, as libpcap compiles for: an
+/// accumulator `A`, an index register `X`, scratch memory `M[16]`, loads
+/// from the packet big-endian, forward jumps only. Three fused
+/// instructions (`TEST_*`: load, mask, compare and branch in one step)
+/// carry most programs. The packet is the frame as it was on the wire: a
+/// VLAN tag the stack moved into `skb->vlan_tci` is put back at offset 12
+/// and counted in the length, so verdicts equal `tcpdump -r`'s.
+///
+/// A load past the end of the frame, a division by zero, an unknown
+/// opcode, a jump out of the program or running off its end reject the
+/// packet, as in classic BPF.
+pub mod filter {
+    /// Longest program, in instructions.
+    pub const MAX_INSNS: u32 = 256;
+    /// `FILTER_INSNS` entries, shared by every session's programs.
+    pub const POOL_INSNS: u32 = 65536;
+    /// Scratch memory words (`M[]`).
+    pub const MEMWORDS: u32 = 16;
+    /// Bytes of the frame copied once per packet for the program's loads;
+    /// loads past them read the packet (slower, same result).
+    pub const HEADER_BYTES: u32 = 128;
+
+    /// Opcodes ([`super::FilterInsn::op`]).
+    pub mod op {
+        /// `A = P[k:size]` (`arg` = size: 1, 2 or 4).
+        pub const LD_ABS: u8 = 0x01;
+        /// `A = P[X + k:size]`.
+        pub const LD_IND: u8 = 0x02;
+        /// `A = frame length`.
+        pub const LD_LEN: u8 = 0x03;
+        /// `A = k`.
+        pub const LD_IMM: u8 = 0x04;
+        /// `A = M[k]`.
+        pub const LD_MEM: u8 = 0x05;
+        /// `A = field[k]` (see [`super::field`]).
+        pub const LD_FIELD: u8 = 0x06;
+        /// `X = k`.
+        pub const LDX_IMM: u8 = 0x08;
+        /// `X = M[k]`.
+        pub const LDX_MEM: u8 = 0x09;
+        /// `X = frame length`.
+        pub const LDX_LEN: u8 = 0x0a;
+        /// `X = 4 * (P[k:1] & 0xf)` (an IPv4 header's length).
+        pub const LDX_MSH: u8 = 0x0b;
+        /// `M[k] = A`.
+        pub const ST: u8 = 0x10;
+        /// `M[k] = X`.
+        pub const STX: u8 = 0x11;
+        /// `A = A <arg> k` (`arg`: an [`super::alu`] operation).
+        pub const ALU_K: u8 = 0x18;
+        /// `A = A <arg> X`.
+        pub const ALU_X: u8 = 0x19;
+        /// `X = A`.
+        pub const TAX: u8 = 0x20;
+        /// `A = X`.
+        pub const TXA: u8 = 0x21;
+        /// `pc += 1 + k`.
+        pub const JA: u8 = 0x28;
+        /// `pc += 1 + (A <arg> k ? jt : jf)` (`arg`: a [`super::cmp`]).
+        pub const JMP_K: u8 = 0x29;
+        /// `pc += 1 + (A <arg> X ? jt : jf)`.
+        pub const JMP_X: u8 = 0x2a;
+        /// `A = P[k:size] & mask; pc += 1 + (A <cmp> val ? jt : jf)`
+        /// (`arg` = size | cmp << 4).
+        pub const TEST_ABS: u8 = 0x30;
+        /// `A = P[X + k:size] & mask`, then as `TEST_ABS`.
+        pub const TEST_IND: u8 = 0x31;
+        /// `A = field[k] & mask`, then as `TEST_ABS` (size ignored).
+        pub const TEST_FIELD: u8 = 0x32;
+        /// Return: accept if `k != 0`.
+        pub const RET_K: u8 = 0x38;
+        /// Return: accept if `A != 0`.
+        pub const RET_A: u8 = 0x39;
+    }
+
+    /// Comparisons of jumps and tests (unsigned).
+    pub mod cmp {
+        pub const EQ: u8 = 0;
+        pub const GT: u8 = 1;
+        pub const GE: u8 = 2;
+        /// `A & operand != 0`.
+        pub const SET: u8 = 3;
+    }
+
+    /// ALU operations. Shifts by 32 or more give 0, as libpcap's
+    /// `bpf_filter` does; division or modulo by zero rejects the packet.
+    pub mod alu {
+        pub const ADD: u8 = 0;
+        pub const SUB: u8 = 1;
+        pub const MUL: u8 = 2;
+        pub const DIV: u8 = 3;
+        pub const MOD: u8 = 4;
+        pub const AND: u8 = 5;
+        pub const OR: u8 = 6;
+        pub const XOR: u8 = 7;
+        pub const LSH: u8 = 8;
+        pub const RSH: u8 = 9;
+        /// `A = -A` (the operand is ignored).
+        pub const NEG: u8 = 10;
+    }
+
+    /// `arg` of the `TEST_*` instructions.
+    #[inline(always)]
+    pub const fn test_arg(size: u8, cmp: u8) -> u8 {
+        size | cmp << 4
+    }
+}
+
+/// Fields of the deep parse, read by `LD_FIELD` / `TEST_FIELD` (the
+/// structured rules use them; pcap-filter expressions never do, since
+/// libpcap's semantics are byte offsets). The parse follows Ethernet, up to
+/// [`field::MAX_VLAN_TAGS`] 802.1Q/802.1ad tags, IPv4 (with options) or
+/// IPv6 (through up to [`field::MAX_IPV6_EXT_HEADERS`] extension headers),
+/// then TCP, UDP, SCTP, ICMP or ICMPv6. A field that does not apply is 0.
+pub mod field {
+    /// Which hook saw the packet ([`super::direction`]).
+    pub const DIRECTION: u32 = 0;
+    /// The EtherType after the VLAN tags.
+    pub const ETHERTYPE: u32 = 1;
+    /// VLAN tags in the frame (including one the stack moved to metadata).
+    pub const VLAN_COUNT: u32 = 2;
+    /// VLAN id of the outer tag, and of the second.
+    pub const VLAN_OUTER: u32 = 3;
+    pub const VLAN_INNER: u32 = 4;
+    /// 4 (IPv4), 6 (IPv6) or 0.
+    pub const IP_VERSION: u32 = 5;
+    /// The upper-layer protocol: IPv4's protocol, or the IPv6 header that
+    /// follows the extension headers; [`NO_PROTOCOL`] without IP or when
+    /// the extension headers go deeper than the parse.
+    pub const L4_PROTO: u32 = 6;
+    /// 0 not a fragment, 1 the first fragment, 2 a later one.
+    pub const FRAGMENT: u32 = 7;
+    /// 1 if the ports / ICMP fields below were read (TCP, UDP or SCTP, or
+    /// ICMP/ICMPv6, in an unfragmented packet or a first fragment).
+    pub const HAS_L4: u32 = 8;
+    pub const SRC_PORT: u32 = 9;
+    pub const DST_PORT: u32 = 10;
+    /// TCP flags byte (CWR ECE URG ACK PSH RST SYN FIN).
+    pub const TCP_FLAGS: u32 = 11;
+    pub const ICMP_TYPE: u32 = 12;
+    pub const ICMP_CODE: u32 = 13;
+    /// IPv4 source and destination.
+    pub const SRC4: u32 = 14;
+    pub const DST4: u32 = 15;
+    /// IPv6 source and destination, four big-endian words each.
+    pub const SRC6: u32 = 16;
+    pub const DST6: u32 = 20;
+    /// Number of fields.
+    pub const COUNT: u32 = 24;
+
+    /// [`L4_PROTO`] when there is none.
+    pub const NO_PROTOCOL: u32 = 256;
+    /// Deepest VLAN stack parsed.
+    pub const MAX_VLAN_TAGS: u32 = 2;
+    /// Most IPv6 extension headers followed.
+    pub const MAX_IPV6_EXT_HEADERS: u32 = 6;
+}
+
+/// `FILTER_INSNS` value: one instruction of a filter program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FilterInsn {
+    /// [`filter::op`].
+    pub op: u8,
+    /// Load size, ALU operation or comparison, per opcode.
+    pub arg: u8,
+    /// Jumps: instructions skipped when the comparison holds / fails.
+    pub jt: u8,
+    pub jf: u8,
+    /// Offset, immediate or field number.
+    pub k: u32,
+    /// `TEST_*`: the mask applied to the loaded value.
+    pub mask: u32,
+    /// `TEST_*`: the value it is compared with.
+    pub val: u32,
+}
+const _: () = assert!(size_of::<FilterInsn>() == 16);
+
+/// `FILTER_SPECS` value, per selector bank: the selection as the operator
+/// gave it (canonical text), so that `list` shows it and a reconcile can
+/// compare it with what is wanted. Only the agent reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterSpec {
+    pub len: u32,
+    pub text: [u8; FILTER_SPEC_LEN],
+}
+/// Longest canonical selection text (rules and expression).
+pub const FILTER_SPEC_LEN: usize = 4092;
+const _: () = assert!(size_of::<FilterSpec>() == 4096);
 
 /// `SOURCE_ENTRIES` element: the sessions one (source, direction) feeds, in
 /// order. It names its hook, so a program that reached it through a cell
@@ -271,7 +609,8 @@ pub struct SourceEntry {
     pub hook: SourceKey,
     /// Valid entries at the front of `slots`.
     pub slot_count: u32,
-    pub _pad: u32,
+    /// [`entry_flags`]: the union of what the slots need.
+    pub flags: u32,
     pub slots: [SessionSlot; MAX_SESSIONS_PER_SOURCE],
 }
 const _: () = assert!(size_of::<SourceEntry>() == 16 + 16 * MAX_SESSIONS_PER_SOURCE);
@@ -295,18 +634,31 @@ pub struct SessionConfig {
     pub flags: u32,
     /// When the session was created (seconds since the Unix epoch).
     pub created_unix_secs: u64,
-    /// Reserved: index into a future filter program map (0 = match all).
-    pub filter_id: u32,
-    /// Reserved: keep one packet in N (0 = all).
+    /// The `SELECTORS` bank (0 or 1) the session's slots use.
+    pub select_bank: u32,
+    /// Keep one packet in N (0 or 1 = all).
     pub sample_every: u32,
-    /// Reserved: copies per second budget (0 = unlimited).
+    /// Copies per second (0 = unlimited).
     pub rate_limit_pps: u32,
     /// Reserved: 0 = copy the frame as is; later VXLAN/GENEVE/ERSPAN.
     pub encap_kind: u32,
     /// Reserved for the encapsulation parameters (addresses, VNI, ports).
     pub _reserved: [u32; 8],
+    /// Copied bytes per second (0 = unlimited).
+    pub rate_limit_bps: u64,
+    /// Bucket depths: packets and bytes (0 = the default, 0.1 s of the rate).
+    pub burst_packets: u32,
+    pub burst_bytes: u32,
+    /// Order among the sessions of a source: lower first.
+    pub priority: u32,
+    /// [`select_flags`]: what the operator asked for besides the numbers.
+    pub select_flags: u32,
+    /// Instructions of the session's compiled filter (0 = none); the text
+    /// is in `FILTER_SPECS`.
+    pub filter_insns: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<SessionConfig>() == 32 + 16 + 8 + 16 + 32);
+const _: () = assert!(size_of::<SessionConfig>() == 32 + 16 + 8 + 16 + 32 + 32);
 
 impl SessionConfig {
     /// A free slot.
@@ -317,11 +669,18 @@ impl SessionConfig {
         direction_mask: 0,
         flags: 0,
         created_unix_secs: 0,
-        filter_id: 0,
+        select_bank: 0,
         sample_every: 0,
         rate_limit_pps: 0,
         encap_kind: 0,
         _reserved: [0; 8],
+        rate_limit_bps: 0,
+        burst_packets: 0,
+        burst_bytes: 0,
+        priority: 0,
+        select_flags: 0,
+        filter_insns: 0,
+        _pad: 0,
     };
 
     /// True if no session occupies this slot.
@@ -336,6 +695,18 @@ pub mod session_flags {
     /// The session belongs to a daemon's config (`mirror-agent run`), not
     /// to the CLI: the daemon changes and removes only these.
     pub const OWNER_CONFIG: u32 = 1 << 0;
+}
+
+/// Bits of [`SessionConfig::select_flags`]. Append; never renumber.
+pub mod select_flags {
+    /// `--dry-run`: count what would be copied, copy nothing.
+    pub const DRY_RUN: u32 = 1 << 0;
+    /// `--exclusive`.
+    pub const EXCLUSIVE: u32 = 1 << 1;
+    /// `--include-copies`.
+    pub const INCLUDE_COPIES: u32 = 1 << 2;
+    /// `--sample-flow` (with `sample_every`).
+    pub const SAMPLE_FLOW: u32 = 1 << 3;
 }
 
 /// `COUNTERS` value (per CPU).
@@ -365,9 +736,30 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     /// Per-CPU scratch: the destination hook's verdict on the copy in flight.
     pub const CUT_VERDICT: &str = "CUT_VERDICT";
+    /// Two banks per session of what selects its packets ([`super::Selector`]).
+    pub const SELECTORS: &str = "SELECTORS";
+    /// Filter programs of every session ([`super::FilterInsn`]).
+    pub const FILTER_INSNS: &str = "FILTER_INSNS";
+    /// Per selector bank: the selection's text (agent only).
+    pub const FILTER_SPECS: &str = "FILTER_SPECS";
+    /// Per session: the rate limit's token buckets.
+    pub const RATE_STATE: &str = "RATE_STATE";
+    /// Per-CPU scratch: the packet as filters see it.
+    pub const VIEW: &str = "VIEW";
     /// Every map the programs pin (removed with the last session).
-    pub const PINNED_MAPS: [&str; 6] =
-        [SOURCE_INDEX, SOURCE_ENTRIES, SOURCE_OVERFLOW, SESSIONS, COUNTERS, CUT_VERDICT];
+    pub const PINNED_MAPS: [&str; 11] = [
+        SOURCE_INDEX,
+        SOURCE_ENTRIES,
+        SOURCE_OVERFLOW,
+        SESSIONS,
+        COUNTERS,
+        CUT_VERDICT,
+        SELECTORS,
+        FILTER_INSNS,
+        FILTER_SPECS,
+        RATE_STATE,
+        VIEW,
+    ];
     /// 0.1.0's source map: state of that layout must be detached by that build.
     pub const LEGACY_SOURCES: &str = "SOURCES";
     /// Attached at tc ingress of a source interface.
@@ -380,7 +772,10 @@ pub mod names {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{Counter, DirectionCounters, SessionConfig, SourceEntry, SourceKey};
+    use super::{
+        Counter, DirectionCounters, FilterInsn, FilterSpec, RateState, Selector, SessionConfig, SourceEntry,
+        SourceKey,
+    };
     // SAFETY: all five are `repr(C)`, made only of integers, with every
     // padding byte an explicit field, so any bit pattern is valid.
     unsafe impl aya::Pod for SourceKey {}
@@ -392,6 +787,14 @@ mod pod {
     unsafe impl aya::Pod for Counter {}
     // SAFETY: as above (an array of `Counter`).
     unsafe impl aya::Pod for DirectionCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FilterInsn {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FilterSpec {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Selector {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RateState {}
 }
 
 #[cfg(test)]
@@ -406,6 +809,35 @@ mod tests {
         assert_ne!(m & copy_mark::EGRESS_BIT, 0);
         assert!(!copy_mark::is_copy(0));
         assert!(!copy_mark::is_copy(0x4000));
+    }
+
+    #[test]
+    fn copy_mark_carries_the_depth() {
+        for depth in 1..=copy_mark::MAX_DEPTH {
+            let m = copy_mark::encode_at(5, direction::INGRESS, depth);
+            assert!(copy_mark::is_copy(m));
+            assert_eq!(copy_mark::depth(m), depth);
+            assert_eq!(m & copy_mark::SESSION_MASK, 5);
+        }
+        assert_eq!(copy_mark::depth(copy_mark::encode(1, 0)), 1);
+        // The depth bits sit between the session id and the direction.
+        assert_eq!(copy_mark::encode_at(0, 0, copy_mark::DEPTH_MASK + 1) & copy_mark::EGRESS_BIT, 0);
+    }
+
+    #[test]
+    fn reason_names_are_unique_and_every_reason_is_classified_once() {
+        for (i, a) in reason::NAMES.iter().enumerate() {
+            assert!(!reason::NAMES[i + 1..].contains(a), "{a}");
+        }
+        for r in 1..reason::DEFINED {
+            let classes = [
+                reason::OUTCOMES.contains(&r),
+                reason::NOT_SELECTED.contains(&r),
+                r == reason::TRUNCATED,
+                r == reason::NO_SESSION || r == reason::COPY_NOT_REMIRRORED,
+            ];
+            assert_eq!(classes.iter().filter(|c| **c).count(), 1, "{}", reason::NAMES[r as usize]);
+        }
     }
 
     #[test]

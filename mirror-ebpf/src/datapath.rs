@@ -1,15 +1,19 @@
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::generated::{bpf_clone_redirect, bpf_skb_change_tail},
+    helpers::generated::{bpf_clone_redirect, bpf_loop, bpf_skb_change_tail},
     macros::{classifier, map},
     maps::{Array, HashMap, PerCpuArray},
     programs::TcContext,
 };
 use mirror_common::{
     COUNTER_SLOTS, DirectionCounters, EntryRef, GLOBAL_SESSION_ID, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
-    MAX_SOURCE_HOOKS, NO_ENTRY, SOURCE_ENTRY_COUNT, SessionConfig, SourceEntry, SourceKey, copy_mark,
-    counter_index, cut_verdict, direction, reason, source_index,
+    MAX_SOURCE_HOOKS, NO_ENTRY, SOURCE_ENTRY_COUNT, SessionConfig, SessionSlot, SourceEntry, SourceKey, copy_mark,
+    counter_index, cut_verdict, direction, entry_flags, reason, selector_index, slot_flags, source_index,
 };
+
+use core::ffi::c_void;
+
+use crate::select::{self, Lens, SELECTORS};
 
 /// (ifindex low bits, direction) → the hook's entry, then overflow cells;
 /// the hot path's only lookup of its own, an array access the verifier inlines.
@@ -27,12 +31,13 @@ static SOURCE_OVERFLOW: HashMap<SourceKey, u32> = HashMap::pinned(MAX_SOURCE_HOO
 #[map]
 static SOURCE_ENTRIES: Array<SourceEntry> = Array::pinned(SOURCE_ENTRY_COUNT, 0);
 
-/// Session id → configuration; read here for the snap length of copies.
+/// Session id → configuration; read here for the snap length of copies
+/// sent by an older build's source programs.
 #[map]
 static SESSIONS: Array<SessionConfig> = Array::pinned(MAX_SESSIONS, 0);
 
-/// (session, direction, reason) → packets and bytes, per CPU so that no two
-/// CPUs ever write the same cache line.
+/// (session, direction) → packets and bytes per reason, per CPU so that no
+/// two CPUs ever write the same cache line.
 #[map]
 static COUNTERS: PerCpuArray<DirectionCounters> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 
@@ -110,64 +115,214 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
     // `mark`, `ifindex` and `len` are readable context fields.
     let (mark, ifindex, len) = unsafe { ((*skb).mark, (*skb).ifindex, (*skb).len) };
 
-    if copy_mark::is_copy(mark) {
-        count(GLOBAL_SESSION_ID, direction, reason::COPY_NOT_REMIRRORED, len);
-        return;
-    }
-    let Some(entry) = source_entry(ifindex, direction) else {
-        count(GLOBAL_SESSION_ID, direction, reason::NO_SESSION, len);
+    let is_copy = copy_mark::is_copy(mark);
+    let entry = source_entry(ifindex, direction);
+    let Some(entry) = entry else {
+        let why = if is_copy { reason::COPY_NOT_REMIRRORED } else { reason::NO_SESSION };
+        count(GLOBAL_SESSION_ID, direction, why, len);
         return;
     };
     // SAFETY: array elements live as long as the map; the agent rewrites an
     // entry only after an RCU grace period since it was unpublished.
-    let slot_count = unsafe { (*entry).slot_count };
-
-    for i in 0..MAX_SESSIONS_PER_SOURCE {
-        if i as u32 >= slot_count {
-            break;
-        }
-        // SAFETY: as above; `i` is bounded by the array length.
-        let slot = unsafe { (*entry).slots[i] };
-
-        let cuts = slot.snaplen != 0 && len > slot.snaplen;
-        // Tell the destination hook what this slot allows (it runs inside
-        // the clone call, on this CPU).
-        if slot.snaplen != 0 {
-            set_cut_verdict(cut_verdict::REQUEST | slot.snaplen);
-        }
-        // Tag the original so that the clone carries the tag, then restore.
-        ctx.set_mark(copy_mark::encode(slot.session_id, direction));
-        // SAFETY: helper call with the program's own context.
-        let ret = unsafe { bpf_clone_redirect(skb, slot.dest_ifindex, 0) };
-        let outcome = redirect_outcome(ret);
-        let verdict = if slot.snaplen != 0 {
-            let v = read_cut_verdict();
-            // No later copy on this CPU may find this request.
-            set_cut_verdict(cut_verdict::NONE);
-            v
-        } else {
-            cut_verdict::NONE
-        };
-        if !cuts {
-            count(slot.session_id, direction, outcome, len);
-            continue;
-        }
-        match verdict {
-            cut_verdict::DONE if outcome == reason::MIRRORED => {
-                count(slot.session_id, direction, reason::TRUNCATED, len - slot.snaplen);
-                count(slot.session_id, direction, reason::MIRRORED, slot.snaplen);
+    let (slot_count, entry_flags) = unsafe { ((*entry).slot_count, (*entry).flags) };
+    if !is_copy && entry_flags & entry_flags::SELECTS == 0 {
+        // The common case: every slot copies every packet.
+        for i in 0..MAX_SESSIONS_PER_SOURCE {
+            if i as u32 >= slot_count {
+                break;
             }
-            // The destination hook dropped it (the call reports NET_XMIT_DROP).
-            cut_verdict::FAILED => count(slot.session_id, direction, reason::SNAP_FAILED, len),
-            // Sent, but the destination hook never saw it (the request is
-            // still there): it left uncut.
-            v if v != cut_verdict::DONE && outcome == reason::MIRRORED => {
-                count(slot.session_id, direction, reason::NOT_CUT, len)
-            }
-            _ => count(slot.session_id, direction, outcome, len),
+            // SAFETY: as above; `i` is bounded by the array length.
+            let slot = unsafe { (*entry).slots[i] };
+            copy(skb, &slot, direction, len, 1);
+        }
+        ctx.set_mark(mark);
+        return;
+    }
+    // A copy is mirrored again only by sessions that include copies, and
+    // only so deep: even a cycle of such sessions ends.
+    if is_copy && entry_flags & entry_flags::INCLUDE_COPIES == 0 {
+        count(GLOBAL_SESSION_ID, direction, reason::COPY_NOT_REMIRRORED, len);
+        return;
+    }
+    walk_selecting(skb, entry, direction, mark, len);
+}
+
+/// What each step of [`walk_selecting`] needs, on its stack.
+#[repr(C)]
+struct Walk {
+    skb: *mut __sk_buff,
+    entry: *const SourceEntry,
+    /// The run's view; `None` if the per-CPU map cannot be read.
+    lens: Option<Lens>,
+    direction: u32,
+    len: u32,
+    /// 0 for an original, else how many copies deep the packet is.
+    depth: u32,
+    _pad: u32,
+}
+
+/// The slots of a hook where some select, or of a copy that some include:
+/// one slot per `bpf_loop` iteration, so that the verifier checks the
+/// selection steps once, not once per slot and per path through the slots
+/// before it.
+#[inline(never)]
+fn walk_selecting(skb: *mut __sk_buff, entry: *const SourceEntry, direction: u32, mark: u32, len: u32) {
+    let is_copy = copy_mark::is_copy(mark);
+    // A copy being mirrored again is itself inside the clone call of the hook
+    // that made it, which reads the cut verdict once we return.
+    let outer_verdict = if is_copy { read_cut_verdict() } else { cut_verdict::NONE };
+    let mut walk = Walk {
+        skb,
+        entry,
+        lens: Lens::begin(skb, direction),
+        direction,
+        len,
+        depth: if is_copy { copy_mark::depth(mark) } else { 0 },
+        _pad: 0,
+    };
+    // SAFETY: array elements live as long as the map (see `mirror_from_source`).
+    let slots = unsafe { (*entry).slot_count };
+    let slots = if slots > MAX_SESSIONS_PER_SOURCE as u32 { MAX_SESSIONS_PER_SOURCE as u32 } else { slots };
+    // SAFETY: `walk_slot` has the callback signature `bpf_loop` expects and
+    // is only handed `walk`, which outlives the call.
+    unsafe {
+        bpf_loop(slots, walk_slot as *mut c_void, (&raw mut walk).cast(), 0);
+        (*skb).mark = mark;
+    }
+    if is_copy {
+        set_cut_verdict(outer_verdict);
+    }
+}
+
+/// Slot `index` of the walk: select, then copy.
+#[inline(never)]
+extern "C" fn walk_slot(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `walk_selecting` passes its `Walk`, alive for the whole loop.
+    let w = unsafe { &*ctx.cast::<Walk>() };
+    if index >= MAX_SESSIONS_PER_SOURCE as u64 {
+        return 1;
+    }
+    // SAFETY: as in `mirror_from_source`; `index` is bounded above.
+    let slot = unsafe { (*w.entry).slots[index as usize] };
+    let (direction, len) = (w.direction, w.len);
+    if w.depth != 0 {
+        if slot.flags & slot_flags::INCLUDE_COPIES == 0 {
+            return 0;
+        }
+        if w.depth >= copy_mark::MAX_DEPTH {
+            count(slot.session_id, direction, reason::HOP_LIMIT, len);
+            return 0;
         }
     }
-    ctx.set_mark(mark);
+    if slot.flags & !slot_flags::BANK1 != 0 {
+        let Some(lens) = &w.lens else {
+            count(slot.session_id, direction, reason::FILTERED, len);
+            return 0;
+        };
+        let copy_len = if slot.snaplen != 0 && len > slot.snaplen { slot.snaplen } else { len };
+        if !selects(lens, &slot, direction, len, copy_len) {
+            return 0;
+        }
+    }
+    copy(w.skb, &slot, direction, len, w.depth + 1);
+    0
+}
+
+/// Sends one copy for `slot` and counts how it went.
+#[inline(always)]
+fn copy(skb: *mut __sk_buff, slot: &SessionSlot, direction: u32, len: u32, depth: u32) {
+    let cuts = slot.snaplen != 0 && len > slot.snaplen;
+    // Tell the destination hook what this slot allows (it runs inside the
+    // clone call, on this CPU).
+    if slot.snaplen != 0 {
+        set_cut_verdict(cut_verdict::REQUEST | slot.snaplen);
+    }
+    // Tag the original so that the clone carries the tag; the caller restores.
+    // SAFETY: `mark` is a writable field of the program's own context.
+    unsafe { (*skb).mark = copy_mark::encode_at(slot.session_id, direction, depth) };
+    // SAFETY: helper call with the program's own context.
+    let ret = unsafe { bpf_clone_redirect(skb, slot.dest_ifindex, 0) };
+    let outcome = redirect_outcome(ret);
+    let verdict = if slot.snaplen != 0 {
+        let v = read_cut_verdict();
+        // No later copy on this CPU may find this request.
+        set_cut_verdict(cut_verdict::NONE);
+        v
+    } else {
+        cut_verdict::NONE
+    };
+    if !cuts {
+        count(slot.session_id, direction, outcome, len);
+        return;
+    }
+    match verdict {
+        cut_verdict::DONE if outcome == reason::MIRRORED => {
+            count(slot.session_id, direction, reason::TRUNCATED, len - slot.snaplen);
+            count(slot.session_id, direction, reason::MIRRORED, slot.snaplen);
+        }
+        // The destination hook dropped it (the call reports NET_XMIT_DROP).
+        cut_verdict::FAILED => count(slot.session_id, direction, reason::SNAP_FAILED, len),
+        // Sent, but the destination hook never saw it (the request is still
+        // there): it left uncut.
+        v if v != cut_verdict::DONE && outcome == reason::MIRRORED => {
+            count(slot.session_id, direction, reason::NOT_CUT, len)
+        }
+        _ => count(slot.session_id, direction, outcome, len),
+    }
+}
+
+/// Whether a slot with selection flags takes this packet; counts why not.
+/// In order: the filter (`filtered`), exclusivity (`preempted`), sampling
+/// (`sampled_out`), the rate limit (`rate_limited`), then a dry run counts
+/// what would have been copied (`dry_run`). So a dry run's counters are
+/// exactly the copies the session would make.
+#[inline(always)]
+fn selects(lens: &Lens, slot: &SessionSlot, direction: u32, len: u32, copy_len: u32) -> bool {
+    let id = slot.session_id;
+    let flags = slot.flags;
+    let selector = if flags & slot_flags::NEEDS_SELECTOR != 0 {
+        match SELECTORS.get(selector_index(id, flags & slot_flags::BANK1 != 0)) {
+            Some(s) => Some(s),
+            // Unreadable: copy nothing we cannot judge.
+            None => {
+                count(id, direction, reason::FILTERED, len);
+                return false;
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(selector) = selector {
+        if flags & slot_flags::FILTER != 0 && !lens.filter(selector) {
+            count(id, direction, reason::FILTERED, len);
+            return false;
+        }
+    }
+    if flags & slot_flags::EXCLUSIVE != 0 {
+        if lens.claimed() {
+            count(id, direction, reason::PREEMPTED, len);
+            return false;
+        }
+        // A dry run takes nothing from the sessions after it.
+        if flags & slot_flags::DRY_RUN == 0 {
+            lens.claim();
+        }
+    }
+    if let Some(selector) = selector {
+        if flags & slot_flags::SAMPLE != 0 && !lens.sampled(selector) {
+            count(id, direction, reason::SAMPLED_OUT, len);
+            return false;
+        }
+        if flags & slot_flags::RATE_LIMIT != 0 && !select::within_rate(id, selector, copy_len) {
+            count(id, direction, reason::RATE_LIMITED, len);
+            return false;
+        }
+    }
+    if flags & slot_flags::DRY_RUN != 0 {
+        count(id, direction, reason::DRY_RUN, copy_len);
+        return false;
+    }
+    true
 }
 
 /// The entry of hook `(ifindex, direction)`: through its direct cell if the

@@ -11,9 +11,12 @@
 //! packet, whatever happens. Failures are counted, never acted upon.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod datapath;
+#[cfg(target_arch = "bpf")]
+mod select;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

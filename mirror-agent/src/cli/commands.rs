@@ -12,6 +12,7 @@ use crate::{
     dataplane::{
         bpffs::{self, Layout, NsLock},
         hooks::{self, AttachMode},
+        selection::SelectOptions,
         sessions::{self, Change, SessionSpec},
         store::{self, Owner, ReasonCounters, Session, Store},
     },
@@ -73,6 +74,117 @@ pub struct AttachArgs {
     /// Cut each copy to this many bytes from the Ethernet header; 0 = whole packet.
     #[arg(long, default_value_t = 0)]
     pub snaplen: u64,
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+/// What to copy: the same fields as the daemon's config.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SelectArgs {
+    /// Copy only packets this pcap-filter expression matches (tcpdump's
+    /// syntax and semantics, e.g. 'tcp dst port 443 and src net 198.18.0.0/16').
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Option<String>,
+    /// An ordered rule, AWS Traffic Mirroring style; repeat. The first
+    /// matching rule (lowest number) decides: 'NUMBER accept|reject [PROTO]
+    /// [src CIDR] [dst CIDR] [sport A[-B]] [dport A[-B]] [flags VALUE/MASK]
+    /// [dir ingress|egress]'. With --filter: rules first, then the expression.
+    #[arg(long = "rule", value_name = "RULE")]
+    pub rules: Vec<String>,
+    /// What packets no rule matches get (default: reject, as AWS).
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub default_action: Option<ActionArg>,
+    /// Copy one packet in N, at random.
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub sample: Option<u64>,
+    /// Copy one flow in N: both directions of a flow are kept or skipped
+    /// together (a symmetric hash of the 5-tuple decides).
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub sample_flow: Option<u64>,
+    /// At most this many copies per second (both directions together);
+    /// suffixes k, M, G.
+    #[arg(long = "rate-limit", value_name = "PPS", value_parser = parse_count)]
+    pub rate_pps: Option<u64>,
+    /// At most this many copied bytes per second; suffixes k, M, G.
+    #[arg(long = "rate-limit-bytes", value_name = "BPS", value_parser = parse_count)]
+    pub rate_bps: Option<u64>,
+    /// Copies allowed back to back above the rate (default: 0.1 s worth).
+    #[arg(long = "burst", value_name = "PACKETS", value_parser = parse_count)]
+    pub burst_packets: Option<u64>,
+    /// Bytes allowed back to back above the byte rate (default: 0.1 s worth).
+    #[arg(long, value_name = "BYTES", value_parser = parse_count)]
+    pub burst_bytes: Option<u64>,
+    /// Order among a source's sessions, lower first (0..=65535, default 32768).
+    #[arg(long, value_name = "N")]
+    pub priority: Option<u64>,
+    /// Among exclusive sessions of a source, the first (by priority) whose
+    /// filter matches takes the packet; the others do not copy it.
+    #[arg(long)]
+    pub exclusive: bool,
+    /// Count what would be copied (`dry_run`), copy nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also copy copies made by other sessions (a tap of a tap), at most
+    /// three copies deep.
+    #[arg(long)]
+    pub include_copies: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ActionArg {
+    Accept,
+    Reject,
+}
+
+impl From<ActionArg> for crate::filter::ast::Action {
+    fn from(a: ActionArg) -> Self {
+        match a {
+            ActionArg::Accept => Self::Accept,
+            ActionArg::Reject => Self::Reject,
+        }
+    }
+}
+
+impl SelectArgs {
+    pub fn options(&self) -> SelectOptions {
+        SelectOptions {
+            filter: self.filter.clone(),
+            rules: self.rules.clone(),
+            default_action: self.default_action.map(Into::into),
+            sample: self.sample,
+            sample_flow: self.sample_flow,
+            rate_pps: self.rate_pps,
+            rate_bps: self.rate_bps,
+            burst_packets: self.burst_packets,
+            burst_bytes: self.burst_bytes,
+            priority: self.priority,
+            exclusive: self.exclusive,
+            dry_run: self.dry_run,
+            include_copies: self.include_copies,
+        }
+    }
+}
+
+/// A count with an optional SI suffix: `50k`, `1.5M`, `2G`.
+pub fn parse_count(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, scale) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1e3),
+        Some((i, 'M')) => (&t[..i], 1e6),
+        Some((i, 'G')) => (&t[..i], 1e9),
+        _ => (t, 1.0),
+    };
+    if let Ok(n) = digits.parse::<u64>()
+        && scale == 1.0
+    {
+        return Ok(n);
+    }
+    match digits.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 && (v * scale) <= u64::MAX as f64 && (v * scale).fract() == 0.0 => {
+            Ok((v * scale) as u64)
+        }
+        _ => Err(format!("{text:?} is not a count (digits, optionally with k, M or G)")),
+    }
 }
 
 fn resolve(ctx: &Context, name: &str) -> Result<u32, InputError> {
@@ -83,6 +195,7 @@ fn resolve(ctx: &Context, name: &str) -> Result<u32, InputError> {
 pub fn attach(ctx: &Context, args: &AttachArgs) -> Result<()> {
     // 1. Everything that can be checked without state.
     store::pack_name(&args.name)?;
+    let select = args.select.options().build()?;
     if args.snaplen != 0 && !(u64::from(SNAPLEN_MIN)..=u64::from(SNAPLEN_MAX)).contains(&args.snaplen) {
         return Err(InputError::SnaplenOutOfRange(args.snaplen).into());
     }
@@ -116,6 +229,7 @@ pub fn attach(ctx: &Context, args: &AttachArgs) -> Result<()> {
         snaplen: args.snaplen as u32,
         direction_mask: args.direction.mask(),
         taps,
+        select,
     };
 
     // 2. Checks against existing sessions, under the lock.
@@ -322,7 +436,7 @@ pub fn failed(counters: &ReasonCounters) -> Counter {
 
 fn direction_json(counters: &ReasonCounters) -> Value {
     let mut obj = serde_json::Map::new();
-    for (r, c) in counters.iter().enumerate() {
+    for (r, c) in counters.iter().enumerate().take(reason::DEFINED as usize) {
         obj.insert(reason::NAMES[r].to_owned(), counter_json(*c));
     }
     obj.insert("failed".to_owned(), counter_json(failed(counters)));

@@ -34,6 +34,9 @@ pub struct SessionDef {
     pub direction: Direction,
     #[serde(default)]
     pub snaplen: Snaplen,
+    /// What the session selects (TEMP: not yet read from the file).
+    #[serde(skip)]
+    pub select: crate::dataplane::selection::SelectSpec,
 }
 
 /// Deserializes a string and checks it inside the visitor, so that an

@@ -265,6 +265,7 @@ fn resolve_session(
         snaplen: def.snaplen.0,
         direction_mask: def.direction.mask(),
         taps,
+        select: def.select.clone(),
     })
 }
 

@@ -5,5 +5,6 @@ pub mod batch;
 pub mod bpffs;
 pub mod hooks;
 pub mod rcu;
+pub mod selection;
 pub mod sessions;
 pub mod store;

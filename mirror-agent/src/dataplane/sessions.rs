@@ -19,6 +19,7 @@ use crate::{
     dataplane::{
         bpffs::Layout,
         hooks::{self, AttachMode},
+        selection::SelectSpec,
         store::{self, Owner, Session, Store, direction_name},
     },
     error::InputError,
@@ -39,11 +40,13 @@ pub struct SessionSpec {
     /// (source ifindex, direction) hooks, each with the name it had when
     /// resolved (for messages).
     pub taps: BTreeMap<SourceKey, String>,
+    /// What the session selects (filter, sampling, rate limit, priority...).
+    pub select: SelectSpec,
 }
 
 impl SessionSpec {
     fn config(&self, created_unix_secs: u64) -> Result<SessionConfig> {
-        Ok(SessionConfig {
+        let mut config = SessionConfig {
             name: store::pack_name(&self.name)?,
             dest_ifindex: self.dest_ifindex,
             snaplen: self.snaplen,
@@ -51,7 +54,9 @@ impl SessionSpec {
             flags: self.owner.flags(),
             created_unix_secs,
             ..SessionConfig::EMPTY
-        })
+        };
+        self.select.apply_to(&mut config);
+        Ok(config)
     }
 
     /// True if `s` is already this session, exactly.
@@ -60,6 +65,7 @@ impl SessionSpec {
             && s.config.snaplen == self.snaplen
             && s.config.direction_mask == self.direction_mask
             && s.owner() == self.owner
+            && self.select.matches(&s.config, &s.select_text)
     }
 }
 
@@ -128,12 +134,19 @@ impl std::fmt::Display for Change {
                     dest(spec),
                     spec.snaplen,
                     taps.join(", ")
-                )
+                )?;
+                if !spec.select.text.is_empty() {
+                    write!(f, ", filter {:?}", spec.select.text)?;
+                }
+                Ok(())
             }
             Self::Update { spec, config_changed, add, remove, .. } => {
                 write!(f, "update {}:", spec.name)?;
                 if *config_changed {
                     write!(f, " dest {}, snaplen {};", dest(spec), spec.snaplen)?;
+                    if !spec.select.text.is_empty() {
+                        write!(f, " filter {:?};", spec.select.text)?;
+                    }
                 }
                 let add: Vec<String> = add.iter().map(|k| key_label(k, &spec.taps)).collect();
                 let remove: Vec<String> = remove
@@ -373,14 +386,16 @@ pub fn apply(
             Change::Create(spec) => {
                 let config = spec.config(now_unix_secs())?;
                 let id = store
-                    .insert_session(&config)
+                    .insert_session(&config, &spec.select)
                     .with_context(|| format!("attaching session {}", spec.name))?;
                 created.insert(spec.name.clone(), id);
                 fill.push((id, config, spec, spec.taps.keys().copied().collect::<Vec<_>>(), false));
             }
             Change::Update { id, spec, config_changed, add, .. } if *config_changed || !add.is_empty() => {
                 let old = store.session_config(*id)?;
-                fill.push((*id, spec.config(old.created_unix_secs)?, spec, add.clone(), *config_changed));
+                let mut config = spec.config(old.created_unix_secs)?;
+                config.select_bank = old.select_bank;
+                fill.push((*id, config, spec, add.clone(), *config_changed));
             }
             _ => {}
         }
@@ -407,12 +422,16 @@ pub fn apply(
             continue;
         }
         if *changed {
-            store.update_session(*id, config)?;
+            let old = store.session_config(*id)?;
+            let text = store.select_text(*id, &old)?;
+            let select = (!spec.select.matches(&old, &text)).then_some(&spec.select);
+            store.update_session(*id, config, select)?;
             reconfigured = true;
         }
         store.refresh_slots(*id)?;
+        let config = store.session_config(*id)?;
         store
-            .add_taps(*id, config, add)
+            .add_taps(*id, &config, add)
             .with_context(|| format!("adding sources to session {}", spec.name))?;
     }
     // 5. Copies already on their way to an old destination are through

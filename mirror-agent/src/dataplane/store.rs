@@ -1,7 +1,7 @@
 //! Session state, kept entirely in the pinned maps: bpffs is the single
 //! source of truth, so any later invocation sees what an earlier one did.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     os::fd::{AsFd as _, AsRawFd as _},
     ptr::NonNull,
     sync::atomic::{AtomicU64, Ordering},
@@ -14,12 +14,19 @@ use aya::{
     util::nr_cpus,
 };
 use mirror_common::{
-    Counter, DirectionCounters, EntryRef, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, MAX_SOURCE_HOOKS, NO_ENTRY,
-    SESSION_NAME_LEN, SOURCE_ENTRY_COUNT, SessionConfig, SessionSlot, SourceEntry, SourceKey, counter_index,
-    direction, names, reason, session_flags, source_index,
+    Counter, DirectionCounters, EntryRef, FilterInsn, FilterSpec, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
+    MAX_SOURCE_HOOKS, NO_ENTRY, RateState, SESSION_NAME_LEN, SOURCE_ENTRY_COUNT, Selector, SessionConfig,
+    SessionSlot, SourceEntry, SourceKey, counter_index, direction, entry_flags, names, reason, selector_index,
+    session_flags, slot_flags, source_index,
 };
 
-use crate::{dataplane::bpffs::Layout, error::InputError};
+use crate::{
+    dataplane::{
+        bpffs::Layout,
+        selection::{self, InsnPool, SelectSpec},
+    },
+    error::InputError,
+};
 
 /// The eBPF object built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror"));
@@ -47,6 +54,8 @@ pub struct Session {
     /// Some hook's slot for this session carries another destination or
     /// snap length than `config` (an update was interrupted).
     pub stale_slots: bool,
+    /// The selection's canonical text ("" = none).
+    pub select_text: String,
 }
 
 impl Session {
@@ -247,6 +256,18 @@ pub struct Store {
     entries: Array<MapData, SourceEntry>,
     sessions: Array<MapData, SessionConfig>,
     counters: PerCpuArray<MapData, DirectionCounters>,
+    selectors: Array<MapData, Selector>,
+    insns: Array<MapData, FilterInsn>,
+    specs: HashMap<MapData, u32, FilterSpec>,
+    rate: Array<MapData, RateState>,
+    /// `FILTER_INSNS` ranges in use; read from the selectors when first needed.
+    pool: Option<InsnPool>,
+    /// Selector banks unpublished since the last grace period (programs may
+    /// still read them); until the first one, every bank counts as such.
+    retired_banks: BTreeSet<u32>,
+    banks_quiet: bool,
+    /// Program ranges of removed sessions, free after the next grace period.
+    pending_release: Vec<(u32, u32)>,
     /// Every hook, as published.
     hooks: BTreeMap<SourceKey, Hook>,
     /// Entries that stray references (not ours to clear) still point to.
@@ -291,19 +312,44 @@ impl Store {
         }
         let [index, overflow, entries, sessions, counters] =
             <[MapData; 5]>::try_from(maps).expect("five maps");
+        let dir = layout.dir.display().to_string();
         // Earlier builds kept one 16-byte counter per reason in COUNTERS.
         let value_size = counters.info().context("reading COUNTERS' definition")?.value_size() as usize;
-        if value_size != size_of::<DirectionCounters>() {
-            return Err(
-                InputError::CounterLayout { dir: layout.dir.display().to_string(), value_size }.into()
-            );
+        if value_size == 16 {
+            return Err(InputError::CounterLayout { dir, value_size }.into());
         }
+        check_value_size(&dir, names::COUNTERS, &counters, size_of::<DirectionCounters>())?;
+        check_value_size(&dir, names::SESSIONS, &sessions, size_of::<SessionConfig>())?;
+        let mut selection_maps = Vec::new();
+        for name in [names::SELECTORS, names::FILTER_INSNS, names::FILTER_SPECS, names::RATE_STATE] {
+            match open_pinned(layout, name)? {
+                Some(m) => selection_maps.push(m),
+                None => {
+                    return Err(InputError::StateLayout {
+                        dir,
+                        what: format!("it has no {name} map (it was made by a build without filters)"),
+                    }
+                    .into());
+                }
+            }
+        }
+        let [selectors, insns, specs, rate] = <[MapData; 4]>::try_from(selection_maps).expect("four maps");
+        check_value_size(&dir, names::SELECTORS, &selectors, size_of::<Selector>())?;
+        check_value_size(&dir, names::FILTER_INSNS, &insns, size_of::<FilterInsn>())?;
         let mut store = Self {
             index: IndexMapping::new(index)?,
             overflow: HashMap::try_from(Map::HashMap(overflow))?,
             entries: Array::try_from(Map::Array(entries))?,
             sessions: Array::try_from(Map::Array(sessions))?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(counters))?,
+            selectors: Array::try_from(Map::Array(selectors))?,
+            insns: Array::try_from(Map::Array(insns))?,
+            specs: HashMap::try_from(Map::HashMap(specs))?,
+            rate: Array::try_from(Map::Array(rate))?,
+            pool: None,
+            retired_banks: BTreeSet::new(),
+            banks_quiet: false,
+            pending_release: Vec::new(),
             hooks: BTreeMap::new(),
             stray: Vec::new(),
             entries_pool: EntryPool::all_busy(),
@@ -349,6 +395,13 @@ impl Store {
     pub fn wait_for_readers(&mut self) -> Result<()> {
         crate::dataplane::rcu::wait_for_running_programs()?;
         self.freed_since_grace_period = false;
+        self.retired_banks.clear();
+        self.banks_quiet = true;
+        if let Some(pool) = &mut self.pool {
+            for (start, len) in self.pending_release.drain(..) {
+                pool.release(start, len);
+            }
+        }
         self.entries_pool.settle(self.hooks.values().map(|h| h.entry).chain(self.stray.iter().copied()));
         Ok(())
     }
@@ -373,6 +426,16 @@ impl Store {
     /// Publishes `entry` as the sessions of `key` (a new hook or a change).
     fn set_hook(&mut self, key: SourceKey, mut entry: SourceEntry) -> Result<()> {
         entry.hook = key;
+        self.order_slots(&mut entry)?;
+        entry.flags = 0;
+        for slot in &entry.slots[..entry.slot_count as usize] {
+            if slot.flags & slot_flags::INCLUDE_COPIES != 0 {
+                entry.flags |= entry_flags::INCLUDE_COPIES;
+            }
+            if slot.flags & !slot_flags::BANK1 != 0 {
+                entry.flags |= entry_flags::SELECTS;
+            }
+        }
         let number = self.free_entry()?;
         self.entries.set(number, entry, 0).context("writing SOURCE_ENTRIES")?;
         let existing = self.hooks.get(&key).map(|h| h.cell);
@@ -396,6 +459,22 @@ impl Store {
         }
         // A previous entry stays busy until the next grace period.
         self.hooks.insert(key, hook);
+        Ok(())
+    }
+
+    /// Puts a hook's slots in the order the datapath serves them: by the
+    /// sessions' priority (lower first), then by session id.
+    fn order_slots(&self, entry: &mut SourceEntry) -> Result<()> {
+        let n = entry.slot_count as usize;
+        let mut keyed = Vec::with_capacity(n);
+        for slot in &entry.slots[..n] {
+            let priority = self.sessions.get(&slot.session_id, 0).context("reading SESSIONS")?.priority;
+            keyed.push(((priority, slot.session_id), *slot));
+        }
+        keyed.sort_by_key(|(k, _)| *k);
+        for (i, (_, slot)) in keyed.into_iter().enumerate() {
+            entry.slots[i] = slot;
+        }
         Ok(())
     }
 
@@ -448,9 +527,10 @@ impl Store {
         for (id, config) in configs.into_iter().enumerate().skip(1) {
             let id = id as u32;
             if !config.is_free() {
+                let select_text = self.select_text(id, &config)?;
                 by_id.insert(
                     id,
-                    Session { id, config, sources: Vec::new(), taps: Vec::new(), stale_slots: false },
+                    Session { id, config, sources: Vec::new(), taps: Vec::new(), stale_slots: false, select_text },
                 );
             }
         }
@@ -471,6 +551,89 @@ impl Store {
     /// Every (source, direction) hook with its entry.
     pub fn source_hooks(&self) -> Vec<(SourceKey, SourceEntry)> {
         self.hooks.iter().map(|(key, h)| (*key, h.sessions)).collect()
+    }
+
+    /// The stored text of the selection `config` uses ("" = none).
+    pub fn select_text(&self, id: u32, config: &SessionConfig) -> Result<String> {
+        if config.filter_insns == 0 {
+            return Ok(String::new());
+        }
+        match self.specs.get(&selector_index(id, config.select_bank == 1), 0) {
+            Ok(spec) => Ok(selection::unpack_text(&spec)),
+            Err(MapError::KeyNotFound) => Ok(String::new()),
+            Err(e) => Err(e).context("reading FILTER_SPECS"),
+        }
+    }
+
+    /// `FILTER_INSNS` ranges in use, read from every session's selectors the
+    /// first time they are needed.
+    fn pool(&mut self) -> Result<&mut InsnPool> {
+        if self.pool.is_none() {
+            let mut pool = InsnPool::default();
+            for id in 1..MAX_SESSIONS {
+                if self.sessions.get(&id, 0).context("reading SESSIONS")?.is_free() {
+                    continue;
+                }
+                for bank in [false, true] {
+                    let s = self.selectors.get(&selector_index(id, bank), 0).context("reading SELECTORS")?;
+                    pool.mark_used(s.prog_start, s.prog_len);
+                }
+            }
+            for (start, len) in &self.pending_release {
+                pool.mark_used(*start, *len);
+            }
+            self.pool = Some(pool);
+        }
+        Ok(self.pool.as_mut().expect("just set"))
+    }
+
+    /// Writes `select` into the bank of session `id` that no slot uses (bank
+    /// 0 for a new session) and points `config` at it; slots follow when
+    /// republished ([`Self::refresh_slots`], [`Self::add_taps`]).
+    pub fn write_selection(
+        &mut self,
+        id: u32,
+        config: &mut SessionConfig,
+        select: &SelectSpec,
+        fresh: bool,
+    ) -> Result<()> {
+        let bank1 = !fresh && config.select_bank == 0;
+        let index = selector_index(id, bank1);
+        if !self.banks_quiet || self.retired_banks.contains(&index) {
+            self.wait_for_readers()?;
+        }
+        let old = self.selectors.get(&index, 0).context("reading SELECTORS")?;
+        let program = select.program.as_ref();
+        let start = {
+            let pool = self.pool()?;
+            pool.release(old.prog_start, old.prog_len);
+            match program {
+                Some(p) => pool.take(p.insns.len() as u32)?,
+                None => 0,
+            }
+        };
+        if let Some(p) = program {
+            for (i, insn) in p.insns.iter().enumerate() {
+                self.insns.set(start + i as u32, *insn, 0).context("writing FILTER_INSNS")?;
+            }
+        }
+        select.apply_to(config);
+        config.select_bank = u32::from(bank1);
+        let selector = selection::selector_of(config, program, start);
+        self.selectors.set(index, selector, 0).context("writing SELECTORS")?;
+        if select.text.is_empty() {
+            match self.specs.remove(&index) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("deleting from FILTER_SPECS"),
+            }
+        } else {
+            self.specs.insert(index, selection::pack_text(&select.text)?, 0).context("writing FILTER_SPECS")?;
+        }
+        if !fresh {
+            // The bank in use until now: readers may remain until a grace period.
+            self.retired_banks.insert(selector_index(id, !bank1));
+        }
+        Ok(())
     }
 
     /// The configuration of session `id`.
@@ -516,17 +679,21 @@ impl Store {
         self.hooks.len()
     }
 
-    /// Writes the session's configuration (with fresh counters) and returns
-    /// its id. Sources are added separately, once the destination is ready.
-    pub fn insert_session(&mut self, config: &SessionConfig) -> Result<u32> {
+    /// Writes the session's configuration and selection (with fresh
+    /// counters and rate buckets) and returns its id. Sources are added
+    /// separately, once the destination is ready.
+    pub fn insert_session(&mut self, config: &SessionConfig, select: &SelectSpec) -> Result<u32> {
         let id = self.free_id()?;
         // Copies of a detached session with this id may still be in flight.
         self.before_fill()?;
+        let mut config = *config;
+        self.write_selection(id, &mut config, select, true)?;
         let cpus = nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
         for dir in [direction::INGRESS, direction::EGRESS] {
             let zero = PerCpuValues::try_from(vec![DirectionCounters::default(); cpus])?;
             self.counters.set(counter_index(id, dir), zero, 0)?;
         }
+        self.rate.set(id, RateState::default(), 0).context("writing RATE_STATE")?;
         self.sessions.set(id, config, 0).context("writing SESSIONS")?;
         Ok(id)
     }
@@ -584,7 +751,14 @@ impl Store {
     /// Rewrites a live session's configuration (its destination, snap
     /// length…). Its hooks keep the old copy until [`Self::refresh_slots`]:
     /// the caller attaches what the new configuration needs in between.
-    pub fn update_session(&mut self, id: u32, config: &SessionConfig) -> Result<()> {
+    ///
+    /// A changed selection (`select`) is written into the bank the slots do
+    /// not use; `config` is pointed at it.
+    pub fn update_session(&mut self, id: u32, config: &SessionConfig, select: Option<&SelectSpec>) -> Result<()> {
+        let mut config = *config;
+        if let Some(select) = select {
+            self.write_selection(id, &mut config, select, false)?;
+        }
         self.sessions.set(id, config, 0).context("writing SESSIONS")
     }
 
@@ -605,6 +779,19 @@ impl Store {
 
     pub fn clear_session(&mut self, id: u32) -> Result<()> {
         self.sessions.set(id, SessionConfig::EMPTY, 0).context("writing SESSIONS")?;
+        for bank in [false, true] {
+            let index = selector_index(id, bank);
+            let old = self.selectors.get(&index, 0).context("reading SELECTORS")?;
+            if old != Selector::default() {
+                self.pending_release.push((old.prog_start, old.prog_len));
+                self.selectors.set(index, Selector::default(), 0).context("writing SELECTORS")?;
+            }
+            match self.specs.remove(&index) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("deleting from FILTER_SPECS"),
+            }
+            self.retired_banks.insert(index);
+        }
         self.freed_since_grace_period = true;
         Ok(())
     }
@@ -665,7 +852,25 @@ impl Store {
 
 /// What a hook needs of a session to copy for it.
 fn slot_of(id: u32, config: &SessionConfig) -> SessionSlot {
-    SessionSlot { session_id: id, dest_ifindex: config.dest_ifindex, snaplen: config.snaplen, flags: 0 }
+    SessionSlot {
+        session_id: id,
+        dest_ifindex: config.dest_ifindex,
+        snaplen: config.snaplen,
+        flags: selection::slot_flags_of(config),
+    }
+}
+
+/// Refuses state whose map `name` has another value size than this build's.
+fn check_value_size(dir: &str, name: &str, map: &MapData, want: usize) -> Result<()> {
+    let have = map.info().with_context(|| format!("reading {name}'s definition"))?.value_size() as usize;
+    if have != want {
+        return Err(InputError::StateLayout {
+            dir: dir.to_owned(),
+            what: format!("its {name} has {have}-byte values (this build's have {want})"),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Packets selected by a session: each was counted under exactly one outcome;

@@ -1,0 +1,475 @@
+//! What a slot with selection flags asks of a packet before it is copied:
+//! its filter program, sampling, and the session's rate limit.
+//!
+//! A packet is looked at once however many slots filter it: the first slot
+//! that needs it copies the frame's first [`filter::HEADER_BYTES`] bytes
+//! (the tag the stack moved to `skb->vlan_tci` put back at offset 12, as on
+//! the wire) into the per-CPU [`VIEW`], and the first that needs parsed
+//! fields parses them there. Sessions without selection never get here.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop, bpf_skb_load_bytes},
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use mirror_common::{
+    FilterInsn, FilterSpec, MAX_SESSIONS, RateState, SELECTOR_BANKS, Selector, field, filter,
+    parse::{self, Fields},
+    selector_flags,
+    vm::{self, Machine},
+};
+
+/// Two banks per session of what selects its packets.
+#[map]
+pub(crate) static SELECTORS: Array<Selector> = Array::pinned(SELECTOR_BANKS, 0);
+
+/// Every session's filter program; a selector names its range.
+#[map]
+static FILTER_INSNS: Array<FilterInsn> = Array::pinned(filter::POOL_INSNS, 0);
+
+/// Per session: the rate limit's buckets, shared by all CPUs.
+#[map]
+static RATE_STATE: Array<RateState> = Array::pinned(MAX_SESSIONS, 0);
+
+/// The selection as the operator wrote it, per selector bank. Only the agent
+/// reads it; declared here so that it is created and pinned with the rest.
+#[map]
+static FILTER_SPECS: HashMap<u32, FilterSpec> = HashMap::pinned(SELECTOR_BANKS, BPF_F_NO_PREALLOC);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// The packet as filters see it, per CPU.
+#[map]
+static VIEW: PerCpuArray<View> = PerCpuArray::pinned(1, 0);
+
+/// Where the metadata tag sits in the frame as it was on the wire.
+const TAG_OFFSET: u32 = 12;
+const TAG_LEN: u32 = 4;
+const HEADER: usize = filter::HEADER_BYTES as usize;
+
+#[repr(C)]
+pub(crate) struct View {
+    /// Bumped by each hook run that selects: the number of the run.
+    run_counter: u64,
+    /// The run whose packet `header` holds (a nested run, the copy of a
+    /// copy sent from inside our `bpf_clone_redirect`, takes the view over:
+    /// the outer run then finds another number, and fills it again).
+    filled_run: u64,
+    /// The run whose packet `fields` hold.
+    parsed_run: u64,
+    /// The run in which an exclusive slot took the packet.
+    claimed_run: u64,
+    /// Bytes of the frame as on the wire.
+    len: u32,
+    /// Bytes of it in `header`.
+    header_len: u32,
+    /// Whether the outer tag is in metadata, and that tag as on the wire.
+    has_tag: u32,
+    tag: u32,
+    fields: Fields,
+    /// The filter machine's registers. In map memory, not on the stack: the
+    /// verifier tracks stack values, and would check `step` once per
+    /// combination of known and unknown registers and scratch words.
+    machine: Machine,
+    /// Slack of 4 so that a 4-byte read at any masked offset stays inside.
+    header: [u8; HEADER + 4],
+}
+
+/// One packet's view for one hook run.
+///
+/// Everything a run learns as it goes (filled, parsed, claimed) is kept in
+/// the per-CPU map, not in registers: the verifier does not track map
+/// memory, so the paths through eight slots stay one state instead of
+/// multiplying.
+pub(crate) struct Lens {
+    skb: *mut __sk_buff,
+    view: *mut View,
+    run: u64,
+    direction: u32,
+}
+
+impl Lens {
+    /// Starts a run; `None` if the per-CPU map is unreadable (the caller
+    /// then selects nothing it cannot judge).
+    #[inline(always)]
+    pub(crate) fn begin(skb: *mut __sk_buff, direction: u32) -> Option<Self> {
+        let view = VIEW.get_ptr_mut(0)?;
+        // SAFETY: per-CPU value of this CPU; no other program runs on this
+        // CPU while we do, except nested ones inside our own helper calls.
+        let run = unsafe {
+            let run = (*view).run_counter.wrapping_add(1);
+            (*view).run_counter = run;
+            run
+        };
+        Some(Self { skb, view, run, direction })
+    }
+
+    /// The view, filled for this packet.
+    #[inline(always)]
+    fn view(&self) -> *mut View {
+        // SAFETY: as in `begin`.
+        if unsafe { (*self.view).filled_run } != self.run {
+            fill(self.view, self.skb, self.run);
+        }
+        self.view
+    }
+
+    /// The view with its fields parsed.
+    #[inline(always)]
+    fn parsed(&self) -> *mut View {
+        let view = self.view();
+        // SAFETY: as in `begin`.
+        if unsafe { (*view).parsed_run } != self.run {
+            parse_view(view, self.direction, self.run);
+        }
+        view
+    }
+
+    /// Runs the selector's program: true if it accepts the packet.
+    #[inline(always)]
+    pub(crate) fn filter(&self, selector: &Selector) -> bool {
+        let view = if selector.flags & selector_flags::FIELDS != 0 { self.parsed() } else { self.view() };
+        run(view, self.skb, selector.prog_start, selector.prog_len)
+    }
+
+    /// Whether sampling keeps the packet.
+    #[inline(always)]
+    pub(crate) fn sampled(&self, selector: &Selector) -> bool {
+        let draw = if selector.flags & selector_flags::SAMPLE_FLOW != 0 {
+            let view = self.parsed();
+            // SAFETY: as in `begin`.
+            parse::flow_hash(unsafe { &(*view).fields })
+        } else {
+            // SAFETY: helper without arguments.
+            unsafe { bpf_get_prandom_u32() }
+        };
+        parse::keeps(draw, selector.sample_every)
+    }
+
+    /// Whether an exclusive slot already took the packet in this run.
+    #[inline(always)]
+    pub(crate) fn claimed(&self) -> bool {
+        // SAFETY: as in `begin`.
+        unsafe { (*self.view).claimed_run == self.run }
+    }
+
+    #[inline(always)]
+    pub(crate) fn claim(&self) {
+        // SAFETY: as in `begin`.
+        unsafe { (*self.view).claimed_run = self.run };
+    }
+}
+
+/// Parses the view's packet into its fields (out of line: its own stack
+/// frame).
+#[inline(never)]
+fn parse_view(view: *mut View, direction: u32, run: u64) {
+    let reader = HeaderReader { view };
+    // SAFETY: as in `Lens::begin`.
+    unsafe {
+        parse::parse_fields_into(&reader, direction, &mut (*view).fields);
+        (*view).parsed_run = run;
+    }
+}
+
+/// Copies the frame's head into the view.
+#[inline(never)]
+fn fill(view: *mut View, skb: *mut __sk_buff, run: u64) {
+    // SAFETY: readable fields of the program's own context.
+    let (len, present, tci, proto) = unsafe { ((*skb).len, (*skb).vlan_present, (*skb).vlan_tci, (*skb).vlan_proto) };
+    // SAFETY: per-CPU value of this CPU (see `Lens::view`); the helper
+    // writes at most `n` bytes at `dst`, and `n` is bounded to what is
+    // left of `header` past `dst`.
+    unsafe {
+        let v = &mut *view;
+        v.filled_run = run;
+        let base = v.header.as_mut_ptr();
+        if present != 0 {
+            // `vlan_proto` holds the big-endian TPID in its low 16 bits.
+            let tpid = u32::from(u16::from_be(proto as u16));
+            let tag = tpid << 16 | (tci & 0xffff);
+            v.len = len + TAG_LEN;
+            v.has_tag = 1;
+            v.tag = tag;
+            if len < TAG_OFFSET {
+                v.header_len = 0;
+                return;
+            }
+            if bpf_skb_load_bytes(skb.cast(), 0, base.cast(), TAG_OFFSET) != 0 {
+                v.header_len = 0;
+                return;
+            }
+            v.header[12] = (tag >> 24) as u8;
+            v.header[13] = (tag >> 16) as u8;
+            v.header[14] = (tag >> 8) as u8;
+            v.header[15] = tag as u8;
+            let rest = len - TAG_OFFSET;
+            let n = if rest > (HEADER - 16) as u32 { (HEADER - 16) as u32 } else { rest };
+            v.header_len = 16;
+            if n > 0 && bpf_skb_load_bytes(skb.cast(), TAG_OFFSET, base.add(16).cast(), n) == 0 {
+                v.header_len = 16 + n;
+            }
+        } else {
+            v.len = len;
+            v.has_tag = 0;
+            v.tag = 0;
+            let n = if len > HEADER as u32 { HEADER as u32 } else { len };
+            v.header_len = 0;
+            if n > 0 && bpf_skb_load_bytes(skb.cast(), 0, base.cast(), n) == 0 {
+                v.header_len = n;
+            }
+        }
+    }
+}
+
+/// Reads the frame as it was on the wire: from the view's copy when it
+/// holds the bytes, else from the packet.
+struct Reader {
+    view: *const View,
+    skb: *mut __sk_buff,
+}
+
+impl Reader {
+    #[inline(always)]
+    fn read(&self, off: u32, size: u32) -> Option<u32> {
+        // SAFETY: per-CPU value of this CPU (see `Lens::view`).
+        let v = unsafe { &*self.view };
+        let end = off.checked_add(size)?;
+        if end > v.len {
+            return None;
+        }
+        if end <= v.header_len {
+            return Some(read_header(&v.header, off, size));
+        }
+        let value = read_packet(self.view, self.skb, off, size);
+        if value > u64::from(u32::MAX) { None } else { Some(value as u32) }
+    }
+}
+
+/// A read past the view's copy: from the packet, through the tag in
+/// metadata if there is one. Out of line, and so without `Option` (a BPF
+/// function returns one register): `u64::MAX` when the bytes are not there.
+#[inline(never)]
+fn read_packet(view: *const View, skb: *mut __sk_buff, off: u32, size: u32) -> u64 {
+    // SAFETY: as in `Reader::read`.
+    let (has_tag, tag) = unsafe { ((*view).has_tag, (*view).tag) };
+    match read_wire(has_tag, tag, skb, off, size) {
+        Some(v) => u64::from(v),
+        None => u64::MAX,
+    }
+}
+
+#[inline(always)]
+fn read_wire(has_tag: u32, tag: u32, skb: *mut __sk_buff, off: u32, size: u32) -> Option<u32> {
+    let end = off + size;
+    if has_tag == 0 || end <= TAG_OFFSET {
+        return load_data(skb, off, size);
+    }
+    if off >= TAG_OFFSET + TAG_LEN {
+        return load_data(skb, off - TAG_LEN, size);
+    }
+    // Straddles the tag: byte by byte (only loads at 9..16 can).
+    let mut value = 0u32;
+    for i in 0..4 {
+        if i >= size {
+            break;
+        }
+        let o = off + i;
+        let byte = if o < TAG_OFFSET {
+            load_data(skb, o, 1)?
+        } else if o < TAG_OFFSET + TAG_LEN {
+            (tag >> (8 * (TAG_OFFSET + TAG_LEN - 1 - o))) & 0xff
+        } else {
+            load_data(skb, o - TAG_LEN, 1)?
+        };
+        value = value << 8 | byte;
+    }
+    Some(value)
+}
+
+#[inline(always)]
+fn load_data(skb: *mut __sk_buff, off: u32, size: u32) -> Option<u32> {
+    let mut buf = [0u8; 4];
+    let p = buf.as_mut_ptr().cast();
+    // SAFETY: helper call with the program's own context and a stack
+    // buffer of at least the constant size asked for.
+    let ret = unsafe {
+        match size {
+            1 => bpf_skb_load_bytes(skb.cast(), off, p, 1),
+            2 => bpf_skb_load_bytes(skb.cast(), off, p, 2),
+            _ => bpf_skb_load_bytes(skb.cast(), off, p, 4),
+        }
+    };
+    if ret != 0 {
+        return None;
+    }
+    Some(match size {
+        1 => u32::from(buf[0]),
+        2 => u32::from(u16::from_be_bytes([buf[0], buf[1]])),
+        _ => u32::from_be_bytes(buf),
+    })
+}
+
+/// The parse reads the view's copy only (the headers it follows fit in
+/// it; past it, a field stays 0): no helper call to verify at each of its
+/// many reads.
+struct HeaderReader {
+    view: *const View,
+}
+
+impl parse::Bytes for HeaderReader {
+    #[inline(always)]
+    fn load(&self, off: u32, size: u32) -> Option<u32> {
+        // SAFETY: as in `Reader::read`.
+        let v = unsafe { &*self.view };
+        let end = off.checked_add(size)?;
+        if end > v.header_len {
+            return None;
+        }
+        Some(read_header(&v.header, off, size))
+    }
+}
+
+#[inline(always)]
+fn read_header(h: &[u8; HEADER + 4], off: u32, size: u32) -> u32 {
+    let i = (off as usize) & (HEADER - 1);
+    match size {
+        1 => u32::from(h[i]),
+        2 => u32::from(h[i]) << 8 | u32::from(h[i + 1]),
+        _ => u32::from(h[i]) << 24 | u32::from(h[i + 1]) << 16 | u32::from(h[i + 2]) << 8 | u32::from(h[i + 3]),
+    }
+}
+
+impl vm::Packet for Reader {
+    #[inline(always)]
+    fn load(&self, off: u32, size: u32) -> Option<u32> {
+        self.read(off, size)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        // SAFETY: as in `read`.
+        unsafe { (*self.view).len }
+    }
+
+    #[inline(always)]
+    fn field(&self, index: u32) -> u32 {
+        if index >= field::COUNT {
+            return 0;
+        }
+        // SAFETY: as in `read`; the index is checked above.
+        unsafe { (*self.view).fields[index as usize] }
+    }
+}
+
+/// What each step needs besides the machine (which is in the view): the
+/// same on every iteration.
+#[repr(C)]
+struct Run {
+    reader: Reader,
+    start: u32,
+    len: u32,
+}
+
+/// Out of line: the machine's state lives in this frame, not the hook's.
+#[inline(never)]
+fn run(view: *mut View, skb: *mut __sk_buff, start: u32, len: u32) -> bool {
+    // SAFETY: as in `Lens::begin`; no nested run can start inside a filter
+    // (it calls no helper that transmits).
+    unsafe { (*view).machine = Machine::default() };
+    let mut state = Run { reader: Reader { view, skb }, start, len };
+    // One instruction per iteration: the verifier checks `step` once, however
+    // long programs are. Jumps only go forward, so `MAX_INSNS` iterations
+    // reach the end of any program; one that has not returned by then rejects.
+    // SAFETY: `step` has the callback signature `bpf_loop` expects and is
+    // only handed `state`, which outlives the call.
+    unsafe {
+        bpf_loop(filter::MAX_INSNS, step as *mut c_void, (&raw mut state).cast(), 0);
+        (*view).machine.verdict == vm::verdict::ACCEPT
+    }
+}
+
+/// One instruction; returns 1 to stop the loop.
+#[inline(never)]
+extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `run` passes its `Run`, alive for the whole loop; the machine
+    // is in this CPU's view (see `Lens::begin`).
+    let state = unsafe { &*ctx.cast::<Run>() };
+    let machine = unsafe { &mut (*(state.reader.view as *mut View)).machine };
+    let pc = machine.pc;
+    if pc >= state.len || pc >= filter::MAX_INSNS {
+        machine.verdict = vm::verdict::REJECT;
+        return 1;
+    }
+    let Some(insn) = FILTER_INSNS.get(state.start.wrapping_add(pc)) else {
+        machine.verdict = vm::verdict::REJECT;
+        return 1;
+    };
+    let insn = *insn;
+    if vm::step(machine, &insn, &state.reader) { 0 } else { 1 }
+}
+
+/// The session's rate limit: true if a copy of `bytes` fits its budget now,
+/// which it is then charged. GCRA on each bucket: a bucket's "theoretical
+/// arrival time" advances by each copy's cost; a copy conforms while that
+/// time is at most the tolerance (the burst) ahead of now.
+#[inline(always)]
+pub(crate) fn within_rate(session_id: u32, selector: &Selector, bytes: u32) -> bool {
+    let Some(state) = RATE_STATE.get_ptr_mut(session_id) else { return true };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let packet_cost = selector.ns_per_packet;
+    let byte_cost = (u64::from(bytes) * selector.ns_per_byte_fp16) >> 16;
+    // SAFETY: array value pointers stay valid for the program's run; every
+    // CPU reads and advances them, with atomic adds.
+    unsafe {
+        let packets = &raw mut (*state).packets_tat_ns;
+        let bytes_tat = &raw mut (*state).bytes_tat_ns;
+        if packet_cost != 0 && ahead(packets, now) > selector.packet_tolerance_ns {
+            return false;
+        }
+        if byte_cost != 0 && ahead(bytes_tat, now) > selector.byte_tolerance_ns {
+            return false;
+        }
+        if packet_cost != 0 {
+            charge(packets, now, packet_cost);
+        }
+        if byte_cost != 0 {
+            charge(bytes_tat, now, byte_cost);
+        }
+    }
+    true
+}
+
+/// How far the bucket's time runs ahead of now.
+///
+/// # Safety
+/// `tat` points into a live map value.
+#[inline(always)]
+unsafe fn ahead(tat: *mut u64, now: u64) -> u64 {
+    // SAFETY: the caller's.
+    let t = unsafe { core::ptr::read_volatile(tat) };
+    t.saturating_sub(now)
+}
+
+/// Advances the bucket by `cost`: from now if it fell behind (idle), else
+/// from where it is. Two CPUs restarting an idle bucket at once may lose
+/// one charge; an accepted imprecision of one copy.
+///
+/// # Safety
+/// `tat` points into a live map value.
+#[inline(always)]
+unsafe fn charge(tat: *mut u64, now: u64, cost: u64) {
+    // SAFETY: the caller's; 8-byte aligned (a `u64` field of a map value).
+    unsafe {
+        if core::ptr::read_volatile(tat) < now {
+            core::ptr::write_volatile(tat, now + cost);
+        } else {
+            // An atomic add (BPF_ATOMIC | BPF_ADD): `core`'s atomics have no
+            // read-modify-write on the BPF target.
+            core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) tat, in(reg) cost);
+        }
+    }
+}
