@@ -8,6 +8,8 @@
 
 pub mod capture;
 pub mod daemon;
+pub mod datapath;
+pub mod pcap;
 pub mod topology;
 pub mod traffic;
 
