@@ -8,7 +8,8 @@ use aya_ebpf::{
 use mirror_common::{
     COUNTER_SLOTS, DirectionCounters, EntryRef, GLOBAL_SESSION_ID, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
     MAX_SOURCE_HOOKS, NO_ENTRY, SOURCE_ENTRY_COUNT, SessionConfig, SessionSlot, SourceEntry, SourceKey, copy_mark,
-    counter_index, cut_verdict, direction, entry_flags, reason, selector_index, slot_flags, source_index,
+    counter_index, cut_verdict, direction, entry_flags, reason, selector_flags, selector_index, slot_flags,
+    source_index,
 };
 
 use core::ffi::c_void;
@@ -194,38 +195,72 @@ fn walk_selecting(skb: *mut __sk_buff, entry: *const SourceEntry, direction: u32
     }
 }
 
-/// Slot `index` of the walk: select, then copy.
+/// Slot `index` of the walk: admit, then copy.
+///
+/// The steps are out-of-line functions called from a single state and
+/// re-reading what they need (with volatile reads, so that the compiler
+/// does not carry it over in registers): the verifier checks each of them
+/// once, instead of once per path that led to it.
 #[inline(never)]
 extern "C" fn walk_slot(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `walk_selecting` passes its `Walk`, alive for the whole loop.
-    let w = unsafe { &*ctx.cast::<Walk>() };
     if index >= MAX_SESSIONS_PER_SOURCE as u64 {
         return 1;
     }
-    // SAFETY: as in `mirror_from_source`; `index` is bounded above.
-    let slot = unsafe { (*w.entry).slots[index as usize] };
-    let (direction, len) = (w.direction, w.len);
-    if w.depth != 0 {
-        if slot.flags & slot_flags::INCLUDE_COPIES == 0 {
-            return 0;
-        }
-        if w.depth >= copy_mark::MAX_DEPTH {
-            count(slot.session_id, direction, reason::HOP_LIMIT, len);
-            return 0;
-        }
+    let w = ctx.cast::<Walk>().cast_const();
+    if admit(w, index as u32) {
+        copy_slot(w, index as u32);
     }
-    if slot.flags & !slot_flags::BANK1 != 0 {
-        let Some(lens) = &w.lens else {
-            count(slot.session_id, direction, reason::FILTERED, len);
-            return 0;
-        };
-        let copy_len = if slot.snaplen != 0 && len > slot.snaplen { slot.snaplen } else { len };
-        if !selects(lens, &slot, direction, len, copy_len) {
-            return 0;
-        }
-    }
-    copy(w.skb, &slot, direction, len, w.depth + 1);
     0
+}
+
+/// Slot `index` of the walk's entry, read afresh.
+#[inline(always)]
+fn slot_at(w: *const Walk, index: u32) -> (SessionSlot, &'static Walk) {
+    // SAFETY: `walk_selecting` passes its `Walk`, alive for the whole loop;
+    // the entry is an array element (see `mirror_from_source`); the index is
+    // masked into the slots.
+    unsafe {
+        let w = &*w;
+        let slot = core::ptr::read_volatile(&(*w.entry).slots[index as usize & (MAX_SESSIONS_PER_SOURCE - 1)]);
+        (slot, w)
+    }
+}
+
+/// Whether slot `index` copies this packet; counts why not.
+#[inline(never)]
+fn admit(w: *const Walk, index: u32) -> bool {
+    let (slot, w) = slot_at(w, index);
+    // SAFETY: as in `slot_at`.
+    let depth = unsafe { core::ptr::read_volatile(&w.depth) };
+    if depth != 0 {
+        if slot.flags & slot_flags::INCLUDE_COPIES == 0 {
+            return false;
+        }
+        if depth >= copy_mark::MAX_DEPTH {
+            count(slot.session_id, w.direction, reason::HOP_LIMIT, w.len);
+            return false;
+        }
+    }
+    slot.flags & !slot_flags::BANK1 == 0 || decide(w, index)
+}
+
+/// The selection steps of slot `index` (see [`selects`]).
+#[inline(never)]
+fn decide(w: *const Walk, index: u32) -> bool {
+    let (slot, w) = slot_at(w, index);
+    let len = w.len;
+    let Some(lens) = &w.lens else {
+        count(slot.session_id, w.direction, reason::FILTERED, len);
+        return false;
+    };
+    selects(lens, &slot, w.direction, len)
+}
+
+/// Sends the copy of slot `index`.
+#[inline(never)]
+fn copy_slot(w: *const Walk, index: u32) {
+    let (slot, w) = slot_at(w, index);
+    copy(w.skb, &slot, w.direction, w.len, w.depth + 1);
 }
 
 /// Sends one copy for `slot` and counts how it went.
@@ -277,7 +312,7 @@ fn copy(skb: *mut __sk_buff, slot: &SessionSlot, direction: u32, len: u32, depth
 /// what would have been copied (`dry_run`). So a dry run's counters are
 /// exactly the copies the session would make.
 #[inline(always)]
-fn selects(lens: &Lens, slot: &SessionSlot, direction: u32, len: u32, copy_len: u32) -> bool {
+fn selects(lens: &Lens, slot: &SessionSlot, direction: u32, len: u32) -> bool {
     let id = slot.session_id;
     let flags = slot.flags;
     let selector = if flags & slot_flags::NEEDS_SELECTOR != 0 {
@@ -293,6 +328,10 @@ fn selects(lens: &Lens, slot: &SessionSlot, direction: u32, len: u32, copy_len: 
         None
     };
     if let Some(selector) = selector {
+        // Random sampling alone needs nothing of the packet.
+        if flags & slot_flags::FILTER != 0 || selector.flags & selector_flags::SAMPLE_FLOW != 0 {
+            lens.prepare(selector);
+        }
         if flags & slot_flags::FILTER != 0 && !lens.filter(selector) {
             count(id, direction, reason::FILTERED, len);
             return false;
@@ -308,6 +347,9 @@ fn selects(lens: &Lens, slot: &SessionSlot, direction: u32, len: u32, copy_len: 
             lens.claim();
         }
     }
+    // What the copy would be: after the filter, so that the interpreter is
+    // reached from one state.
+    let copy_len = if slot.snaplen != 0 && len > slot.snaplen { slot.snaplen } else { len };
     if let Some(selector) = selector {
         if flags & slot_flags::SAMPLE != 0 && !lens.sampled(selector) {
             count(id, direction, reason::SAMPLED_OUT, len);

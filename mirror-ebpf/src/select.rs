@@ -106,41 +106,35 @@ impl Lens {
         Some(Self { skb, view, run, direction })
     }
 
-    /// The view, filled for this packet.
+    /// Fills the view for this packet (and parses its fields if the
+    /// selector reads them), unless this run already did. One call site for
+    /// each of the two: the verifier checks an out-of-line function once
+    /// per call site.
     #[inline(always)]
-    fn view(&self) -> *mut View {
+    pub(crate) fn prepare(&self, selector: &Selector) {
+        let view = self.view;
         // SAFETY: as in `begin`.
-        if unsafe { (*self.view).filled_run } != self.run {
-            fill(self.view, self.skb, self.run);
+        if unsafe { (*view).filled_run } != self.run {
+            fill(view, self.skb, self.run);
         }
-        self.view
-    }
-
-    /// The view with its fields parsed.
-    #[inline(always)]
-    fn parsed(&self) -> *mut View {
-        let view = self.view();
-        // SAFETY: as in `begin`.
-        if unsafe { (*view).parsed_run } != self.run {
+        if selector.flags & selector_flags::FIELDS != 0 && unsafe { (*view).parsed_run } != self.run {
             parse_view(view, self.direction, self.run);
         }
-        view
     }
 
-    /// Runs the selector's program: true if it accepts the packet.
+    /// Runs the selector's program: true if it accepts the packet. After
+    /// [`Self::prepare`].
     #[inline(always)]
     pub(crate) fn filter(&self, selector: &Selector) -> bool {
-        let view = if selector.flags & selector_flags::FIELDS != 0 { self.parsed() } else { self.view() };
-        run(view, self.skb, selector.prog_start, selector.prog_len)
+        run(self.view, self.skb, selector.prog_start, selector.prog_len)
     }
 
-    /// Whether sampling keeps the packet.
+    /// Whether sampling keeps the packet. After [`Self::prepare`].
     #[inline(always)]
     pub(crate) fn sampled(&self, selector: &Selector) -> bool {
         let draw = if selector.flags & selector_flags::SAMPLE_FLOW != 0 {
-            let view = self.parsed();
             // SAFETY: as in `begin`.
-            parse::flow_hash(unsafe { &(*view).fields })
+            parse::flow_hash(unsafe { &(*self.view).fields })
         } else {
             // SAFETY: helper without arguments.
             unsafe { bpf_get_prandom_u32() }
@@ -248,68 +242,33 @@ impl Reader {
     }
 }
 
-/// A read past the view's copy: from the packet, through the tag in
-/// metadata if there is one. Out of line, and so without `Option` (a BPF
-/// function returns one register): `u64::MAX` when the bytes are not there.
+/// A read past the view's copy (beyond its first [`filter::HEADER_BYTES`]
+/// bytes): from the packet, 4 bytes back if the tag is in metadata. The
+/// copy always holds offsets 12..16, so no read here straddles the tag.
+/// Out of line, and so without `Option` (a BPF function returns one
+/// register): `u64::MAX` when the bytes are not there.
 #[inline(never)]
 fn read_packet(view: *const View, skb: *mut __sk_buff, off: u32, size: u32) -> u64 {
     // SAFETY: as in `Reader::read`.
-    let (has_tag, tag) = unsafe { ((*view).has_tag, (*view).tag) };
-    match read_wire(has_tag, tag, skb, off, size) {
-        Some(v) => u64::from(v),
-        None => u64::MAX,
-    }
-}
-
-#[inline(always)]
-fn read_wire(has_tag: u32, tag: u32, skb: *mut __sk_buff, off: u32, size: u32) -> Option<u32> {
-    let end = off + size;
-    if has_tag == 0 || end <= TAG_OFFSET {
-        return load_data(skb, off, size);
-    }
-    if off >= TAG_OFFSET + TAG_LEN {
-        return load_data(skb, off - TAG_LEN, size);
-    }
-    // Straddles the tag: byte by byte (only loads at 9..16 can).
-    let mut value = 0u32;
-    for i in 0..4 {
-        if i >= size {
-            break;
-        }
-        let o = off + i;
-        let byte = if o < TAG_OFFSET {
-            load_data(skb, o, 1)?
-        } else if o < TAG_OFFSET + TAG_LEN {
-            (tag >> (8 * (TAG_OFFSET + TAG_LEN - 1 - o))) & 0xff
-        } else {
-            load_data(skb, o - TAG_LEN, 1)?
-        };
-        value = value << 8 | byte;
-    }
-    Some(value)
-}
-
-#[inline(always)]
-fn load_data(skb: *mut __sk_buff, off: u32, size: u32) -> Option<u32> {
-    let mut buf = [0u8; 4];
-    let p = buf.as_mut_ptr().cast();
-    // SAFETY: helper call with the program's own context and a stack
-    // buffer of at least the constant size asked for.
-    let ret = unsafe {
-        match size {
-            1 => bpf_skb_load_bytes(skb.cast(), off, p, 1),
-            2 => bpf_skb_load_bytes(skb.cast(), off, p, 2),
-            _ => bpf_skb_load_bytes(skb.cast(), off, p, 4),
-        }
+    let has_tag = unsafe { (*view).has_tag };
+    let off = if has_tag == 0 {
+        off
+    } else if off >= TAG_OFFSET + TAG_LEN {
+        off - TAG_LEN
+    } else {
+        return u64::MAX;
     };
-    if ret != 0 {
-        return None;
+    let size = size & 0x7;
+    if size == 0 || size > 4 {
+        return u64::MAX;
     }
-    Some(match size {
-        1 => u32::from(buf[0]),
-        2 => u32::from(u16::from_be_bytes([buf[0], buf[1]])),
-        _ => u32::from_be_bytes(buf),
-    })
+    let mut buf = [0u8; 4];
+    // SAFETY: helper call with the program's own context and a stack buffer
+    // of 4 bytes, at least `size`.
+    if unsafe { bpf_skb_load_bytes(skb.cast(), off, buf.as_mut_ptr().cast(), size) } != 0 {
+        return u64::MAX;
+    }
+    u64::from(u32::from_be_bytes(buf) >> (8 * (4 - size)))
 }
 
 /// The parse reads the view's copy only (the headers it follows fit in

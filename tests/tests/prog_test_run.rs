@@ -333,6 +333,11 @@ fn verifier_work_stays_within_budget() {
         eprintln!(
             "{name}: verifier processed {verified} instructions; {xlated} instructions after translation"
         );
-        assert!(verified < 20_000, "{name}: verifier processed {verified} instructions");
+        // Budget: 80 000. The selection steps (filter machine, header
+        // parse, sampling, rate limit) are out-of-line functions reached
+        // from one verifier state each, and their state lives in map memory,
+        // so they add ~40 000 (55 000 in all at this writing, ~0.25 s to
+        // load); the path without selection is what it was (~17 000).
+        assert!(verified < 80_000, "{name}: verifier processed {verified} instructions");
     }
 }

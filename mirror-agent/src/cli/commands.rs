@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, fs, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 use mirror_common::{
-    Counter, GLOBAL_SESSION_ID, SNAPLEN_MAX, SNAPLEN_MIN, SourceKey, direction, names, reason,
+    Counter, GLOBAL_SESSION_ID, SNAPLEN_MAX, SNAPLEN_MIN, SourceKey, direction, names, reason, select_flags,
 };
 use serde_json::{Value, json};
 
@@ -12,7 +12,7 @@ use crate::{
     dataplane::{
         bpffs::{self, Layout, NsLock},
         hooks::{self, AttachMode},
-        selection::SelectOptions,
+        selection::{self, SelectOptions},
         sessions::{self, Change, SessionSpec},
         store::{self, Owner, ReasonCounters, Session, Store},
     },
@@ -161,6 +161,7 @@ impl SelectArgs {
             exclusive: self.exclusive,
             dry_run: self.dry_run,
             include_copies: self.include_copies,
+            config_names: false,
         }
     }
 }
@@ -339,7 +340,66 @@ fn session_json(s: &Session) -> Value {
         "owner": s.owner().as_str(),
         "snaplen": s.config.snaplen,
         "created_unix_secs": s.config.created_unix_secs,
+        "select": select_json(s),
     })
+}
+
+/// What the session selects (all defaults: every packet).
+fn select_json(s: &Session) -> Value {
+    let c = &s.config;
+    let flag = |bit| c.select_flags & bit != 0;
+    // The canonical text: `rule ...` lines, `default ...`, `filter ...`.
+    let line = |prefix: &str| -> Vec<&str> {
+        s.select_text.lines().filter_map(|l| l.strip_prefix(prefix)).collect()
+    };
+    json!({
+        "rules": line("rule "),
+        "default_action": line("default ").first(),
+        "filter": line("filter ").first(),
+        "filter_instructions": c.filter_insns,
+        "sample": c.sample_every.max(1),
+        "sample_flow": flag(select_flags::SAMPLE_FLOW),
+        "rate_limit_pps": c.rate_limit_pps,
+        "rate_limit_bps": c.rate_limit_bps,
+        "burst_packets": c.burst_packets,
+        "burst_bytes": c.burst_bytes,
+        "priority": c.priority,
+        "exclusive": flag(select_flags::EXCLUSIVE),
+        "dry_run": flag(select_flags::DRY_RUN),
+        "include_copies": flag(select_flags::INCLUDE_COPIES),
+    })
+}
+
+/// One line on what the session selects, or `None` for every packet.
+fn select_summary(s: &Session) -> Option<String> {
+    let c = &s.config;
+    let mut parts = Vec::new();
+    if !s.select_text.is_empty() {
+        parts.push(s.select_text.replace('\n', "; "));
+    }
+    if c.sample_every > 1 {
+        let what = if c.select_flags & select_flags::SAMPLE_FLOW != 0 { "flow" } else { "packet" };
+        parts.push(format!("1 {what} in {}", c.sample_every));
+    }
+    if c.rate_limit_pps != 0 {
+        parts.push(format!("at most {} copies/s", c.rate_limit_pps));
+    }
+    if c.rate_limit_bps != 0 {
+        parts.push(format!("at most {} bytes/s", c.rate_limit_bps));
+    }
+    if c.priority != selection::DEFAULT_PRIORITY {
+        parts.push(format!("priority {}", c.priority));
+    }
+    for (bit, word) in [
+        (select_flags::EXCLUSIVE, "exclusive"),
+        (select_flags::DRY_RUN, "dry run (copies nothing)"),
+        (select_flags::INCLUDE_COPIES, "includes copies"),
+    ] {
+        if c.select_flags & bit != 0 {
+            parts.push(word.to_owned());
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 fn iface_json(ifindex: u32) -> Value {
@@ -397,6 +457,9 @@ pub fn list(ctx: &Context, as_json: bool) -> Result<()> {
             format!("{} ({})", iface_label(dest), iface::state(dest).as_str()),
             sources.join(","),
         );
+        if let Some(summary) = select_summary(s) {
+            println!("{:<20} selects: {summary}", "");
+        }
         let lost = missing_of(s);
         if !lost.is_empty() {
             println!(
@@ -501,7 +564,7 @@ pub fn stats(ctx: &Context, name: Option<&str>, as_json: bool) -> Result<()> {
         return print_no_sessions(ctx);
     }
     println!(
-        "{:<20} {:<8} {:>10} {:>12} {:>10} {:>12} {:>10} {:>8}  FAILURES",
+        "{:<20} {:<8} {:>10} {:>12} {:>10} {:>12} {:>10} {:>8}  NOT COPIED",
         "SESSION", "DIR", "MATCHED", "BYTES", "MIRRORED", "BYTES", "TRUNCATED", "FAILED"
     );
     for (s, per_dir) in sessions.iter().zip(&counters) {
@@ -513,7 +576,10 @@ pub fn stats(ctx: &Context, name: Option<&str>, as_json: bool) -> Result<()> {
             let reasons: Vec<String> = c
                 .iter()
                 .enumerate()
-                .filter(|(r, c)| reason::is_failure(*r as u32) && c.packets != 0)
+                .filter(|(r, c)| {
+                    let r = *r as u32;
+                    (reason::is_failure(r) || reason::NOT_SELECTED.contains(&r)) && c.packets != 0
+                })
                 .map(|(r, c)| format!("{}={}", reason::NAMES[r], c.packets))
                 .collect();
             println!(

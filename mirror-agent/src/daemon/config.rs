@@ -10,7 +10,15 @@ use std::{collections::BTreeSet, fmt, path::Path};
 
 use serde::{Deserialize, Deserializer, de::Error as _};
 
-use crate::{cli::commands::Direction, daemon::policy::Policy, dataplane::store};
+use crate::{
+    cli::commands::{Direction, parse_count},
+    daemon::policy::Policy,
+    dataplane::{
+        selection::{SelectOptions, SelectSpec},
+        store,
+    },
+    filter::{self, ast::Action, rules},
+};
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -23,20 +31,240 @@ pub struct Config {
 }
 
 /// One session, with `attach`'s semantics.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionDef {
     pub name: SessionName,
     pub sources: Sources,
     /// Interface the copies are sent out of, bound by name.
     pub dest: IfName,
-    #[serde(default)]
     pub direction: Direction,
-    #[serde(default)]
     pub snaplen: Snaplen,
-    /// What the session selects (TEMP: not yet read from the file).
-    #[serde(skip)]
-    pub select: crate::dataplane::selection::SelectSpec,
+    /// What the session selects, checked and compiled.
+    pub select: SelectSpec,
+}
+
+/// The keys of a session, as written; [`SessionDef`] once checked together.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSessionDef {
+    name: SessionName,
+    sources: Sources,
+    dest: IfName,
+    #[serde(default)]
+    direction: Direction,
+    #[serde(default)]
+    snaplen: Snaplen,
+    /// `attach --filter`.
+    #[serde(default)]
+    filter: Option<FilterText>,
+    /// `attach --rule`, as that text or as a mapping.
+    #[serde(default)]
+    rules: Vec<RuleDef>,
+    #[serde(default)]
+    default_action: Option<ActionDef>,
+    #[serde(default)]
+    sample: Option<Count>,
+    #[serde(default)]
+    sample_flow: Option<Count>,
+    #[serde(default)]
+    rate_limit: Option<Count>,
+    #[serde(default)]
+    rate_limit_bytes: Option<Count>,
+    #[serde(default)]
+    burst: Option<Count>,
+    #[serde(default)]
+    burst_bytes: Option<Count>,
+    #[serde(default)]
+    priority: Option<Count>,
+    #[serde(default)]
+    exclusive: bool,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    include_copies: bool,
+}
+
+impl<'de> Deserialize<'de> for SessionDef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_container(d, false, |raw: RawSessionDef| {
+            let options = SelectOptions {
+                filter: raw.filter.map(|f| f.0),
+                rules: raw.rules.into_iter().map(|r| r.0).collect(),
+                default_action: raw.default_action.map(|a| a.0),
+                sample: raw.sample.map(|c| c.0),
+                sample_flow: raw.sample_flow.map(|c| c.0),
+                rate_pps: raw.rate_limit.map(|c| c.0),
+                rate_bps: raw.rate_limit_bytes.map(|c| c.0),
+                burst_packets: raw.burst.map(|c| c.0),
+                burst_bytes: raw.burst_bytes.map(|c| c.0),
+                priority: raw.priority.map(|c| c.0),
+                exclusive: raw.exclusive,
+                dry_run: raw.dry_run,
+                include_copies: raw.include_copies,
+                config_names: true,
+            };
+            let select = options.build().map_err(|e| e.to_string())?;
+            Ok(Self {
+                name: raw.name,
+                sources: raw.sources,
+                dest: raw.dest,
+                direction: raw.direction,
+                snaplen: raw.snaplen,
+                select,
+            })
+        })
+    }
+}
+
+/// A pcap-filter expression, parsed where it is read so that an error
+/// points at it (and at the column inside it).
+struct FilterText(String);
+
+impl<'de> Deserialize<'de> for FilterText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, "a pcap-filter expression", |s| {
+            filter::parse_expr(s).map_err(|e| e.to_string())?;
+            Ok(Self(s.to_owned()))
+        })
+    }
+}
+
+/// A rule, in `--rule`'s syntax or as a mapping of its parts.
+struct RuleDef(String);
+
+/// A rule's parts, AWS Traffic Mirroring style.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    number: u32,
+    action: ActionDef,
+    #[serde(default)]
+    protocol: Option<RuleWord>,
+    #[serde(default)]
+    source: Option<RuleWord>,
+    #[serde(default)]
+    destination: Option<RuleWord>,
+    #[serde(default)]
+    source_ports: Option<RuleWord>,
+    #[serde(default)]
+    destination_ports: Option<RuleWord>,
+    #[serde(default)]
+    tcp_flags: Option<RuleWord>,
+    #[serde(default)]
+    direction: Option<RuleWord>,
+}
+
+/// A scalar of a rule mapping (a port may be a number).
+struct RuleWord(String);
+
+impl<'de> Deserialize<'de> for RuleWord {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RuleWord;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RuleWord, E> {
+                if v.is_empty() || v.contains(char::is_whitespace) {
+                    return Err(E::custom(format!("{v:?}: one word expected")));
+                }
+                Ok(RuleWord(v.to_owned()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RuleWord, E> {
+                Ok(RuleWord(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RuleWord, E> {
+                Ok(RuleWord(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl RawRule {
+    /// The same rule in `--rule`'s syntax.
+    fn text(&self) -> String {
+        let mut t = format!("{} {}", self.number, self.action.0);
+        for (key, word) in [
+            ("", &self.protocol),
+            ("src", &self.source),
+            ("dst", &self.destination),
+            ("sport", &self.source_ports),
+            ("dport", &self.destination_ports),
+            ("flags", &self.tcp_flags),
+            ("dir", &self.direction),
+        ] {
+            if let Some(w) = word {
+                if !key.is_empty() {
+                    t.push(' ');
+                    t.push_str(key);
+                }
+                t.push(' ');
+                t.push_str(&w.0);
+            }
+        }
+        t
+    }
+}
+
+impl<'de> Deserialize<'de> for RuleDef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RuleDef;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a rule (`100 accept tcp dport 443`) or a mapping of its parts")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RuleDef, E> {
+                rules::parse_rule(v).map_err(|e| E::custom(e.to_string()))?;
+                Ok(RuleDef(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RuleDef, A::Error> {
+                let raw = RawRule::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                let text = raw.text();
+                rules::parse_rule(&text).map_err(|e| A::Error::custom(format!("rule {}: {}", raw.number, e.message)))?;
+                Ok(RuleDef(text))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `accept` or `reject`.
+struct ActionDef(Action);
+
+impl<'de> Deserialize<'de> for ActionDef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, "accept or reject", |s| {
+            rules::parse_action(s).map(ActionDef).map_err(|e| e.message)
+        })
+    }
+}
+
+/// A count: a number, or a string with an SI suffix (`50k`, `10M`).
+struct Count(u64);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a count (e.g. 50000 or \"50k\")")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Count, E> {
+                Ok(Count(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Count, E> {
+                u64::try_from(v).map(Count).map_err(|_| E::custom(format!("{v} is negative")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Count, E> {
+                parse_count(v).map(Count).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Deserializes a string and checks it inside the visitor, so that an
@@ -441,7 +669,7 @@ policy:
         ("policy: {}\n", "c.yaml:1:1: missing field `sessions`"),
         (
             "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    snaplne: 9\n",
-            "c.yaml:5:5: sessions[0]: unknown field `snaplne`, expected one of `name`, `sources`, `dest`, `direction`, `snaplen`",
+            "c.yaml:5:5: sessions[0]: unknown field `snaplne`, expected one of `name`, `sources`, `dest`, `direction`, `snaplen`, `filter`, `rules`, `default_action`, `sample`, `sample_flow`, `rate_limit`, `rate_limit_bytes`, `burst`, `burst_bytes`, `priority`, `exclusive`, `dry_run`, `include_copies`",
         ),
         (
             "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    snaplen: 10\n",
@@ -509,6 +737,54 @@ policy:
         ),
         ("sessions: [\n", "c.yaml:2:1: did not find expected node content, while parsing a flow node"),
         ("sessions: {a: 1}\n", "c.yaml:1:11: sessions: invalid type: map, expected a sequence"),
+        (
+            "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    filter: \"tcp port 99999\"\n",
+            "c.yaml:5:13: sessions[0].filter: column 10: port 99999 is out of range (0..=65535)",
+        ),
+        (
+            "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    filter: \"tcp prot 80\"\n",
+            "c.yaml:5:13: sessions[0].filter: column 5: expected `and` or `or` before `prot`",
+        ),
+        (
+            "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    rules: [\"100 accept tcp dport 70000\"]\n",
+            "c.yaml:5:13: sessions[0].rules[0]: column 22: port 70000 is out of range (0..=65535)",
+        ),
+        (
+            "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    rules:\n      - number: 100\n        action: drop\n",
+            "c.yaml:7:17: sessions[0].rules[0].action: unknown action `drop`: expected `accept` or `reject`",
+        ),
+        (
+            "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    rules:\n      - number: 100\n        action: accept\n        source: 198.18.0.1/16\n",
+            "c.yaml:6:9: sessions[0].rules[0]: rule 100: 198.18.0.1/16 has host bits set (the network is 198.18.0.0/16)",
+        ),
+        (
+            "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    rules: [\"100 accept\", \"100 reject\"]\n",
+            "c.yaml:2:5: sessions[0]: invalid rules: rule 100: number: two rules have this number",
+        ),
+        (
+            "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    burst: 10\n",
+            "c.yaml:2:5: sessions[0]: burst needs rate_limit",
+        ),
+        (
+            "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    sample: 0\n",
+            "c.yaml:2:5: sessions[0]: sample 0 is out of range: use 1..=16777216",
+        ),
+        (
+            "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    sample: 10\n    sample_flow: 10\n",
+            "c.yaml:2:5: sessions[0]: sample and sample_flow exclude each other",
+        ),
+        (
+            "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    rate_limit: fast\n",
+            "c.yaml:5:17: sessions[0].rate_limit: \"fast\" is not a count (digits, optionally with k, M or G)",
+        ),
+        (
+            "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    priority: 70000\n",
+            "c.yaml:2:5: sessions[0]: priority 70000 is out of range: use 0..=65535",
+        ),
+        (
+            "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    default_action: accept\n",
+            "c.yaml:2:5: sessions[0]: default_action needs at least one rule",
+        ),
     ];
 
     #[test]

@@ -148,6 +148,16 @@ fn outcomes(c: &ReasonCounters, pick: impl Fn(&mirror_common::Counter) -> u64) -
         .collect()
 }
 
+/// Why packets a session saw were not copied (filtered, sampled out, over
+/// the rate, dry run, preempted, too deep), once it happened.
+fn not_copied(c: &ReasonCounters, pick: impl Fn(&mirror_common::Counter) -> u64) -> Vec<(&'static str, u64)> {
+    reason::NOT_SELECTED
+        .iter()
+        .filter(|&&r| c[r as usize].packets != 0)
+        .map(|&r| (reason::NAMES[r as usize], pick(&c[r as usize])))
+        .collect()
+}
+
 impl Collector for SessionRows {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         self.counters(
@@ -161,6 +171,19 @@ impl Collector for SessionRows {
             "mirror_agent_bytes",
             "Bytes of copy attempts per session, direction and outcome",
             |c| outcomes(c, |x| x.bytes),
+        )?;
+        self.counters(
+            &mut encoder,
+            "mirror_agent_not_copied_packets",
+            "Packets a session saw and did not copy, per reason (filtered, sampled_out, rate_limited, dry_run, \
+             preempted, hop_limit); with matched, every packet a session saw",
+            |c| not_copied(c, |x| x.packets),
+        )?;
+        self.counters(
+            &mut encoder,
+            "mirror_agent_not_copied_bytes",
+            "Bytes of the packets a session saw and did not copy, per reason",
+            |c| not_copied(c, |x| x.bytes),
         )?;
         let at = |r: u32, bytes: bool| {
             move |c: &ReasonCounters| {

@@ -15,7 +15,7 @@ use mirror_common::{
 
 use crate::{
     error::InputError,
-    filter::{self as expr, FilterError, Program, RuleSet, Selection, ast::Action, rules},
+    filter::{self as expr, FilterError, Program, Selection, ast::Action, rules},
 };
 
 /// Nanoseconds per second.
@@ -228,6 +228,9 @@ pub struct SelectOptions {
     pub exclusive: bool,
     pub dry_run: bool,
     pub include_copies: bool,
+    /// Name things as the daemon's config does (`rate_limit`), not as
+    /// `attach`'s flags (`--rate-limit`).
+    pub config_names: bool,
 }
 
 /// Most packets one sample may stand for.
@@ -246,11 +249,24 @@ fn in_range(flag: &str, value: u64, min: u64, max: u64) -> Result<u64, InputErro
 }
 
 impl SelectOptions {
+    /// How the operator wrote `flag` (`--rate-limit` or `rate_limit`).
+    fn name(&self, flag: &str) -> String {
+        if self.config_names { flag.trim_start_matches("--").replace('-', "_") } else { flag.to_owned() }
+    }
+
     /// Checks and compiles everything; names the first problem.
     pub fn build(&self) -> Result<SelectSpec, InputError> {
+        let in_range = |flag: &str, value, min, max| in_range(&self.name(flag), value, min, max);
+        let conflict = |text: &str, flags: &[&str]| {
+            let mut t = text.to_owned();
+            for f in flags {
+                t = t.replace(f, &self.name(f));
+            }
+            InputError::Conflict(t)
+        };
         let invalid = |what: &str, text: &str, e: FilterError| InputError::InvalidFilter {
-            what: what.to_owned(),
-            rendered: e.render(text),
+            what: self.name(what),
+            rendered: if self.config_names { e.to_string() } else { e.render(text) },
         };
         let expr = match &self.filter {
             Some(text) => Some(expr::parse_expr(text).map_err(|e| invalid("--filter", text, e))?),
@@ -258,7 +274,7 @@ impl SelectOptions {
         };
         let rules = if self.rules.is_empty() {
             if self.default_action.is_some() {
-                return Err(InputError::Conflict("--default-action needs at least one --rule".to_owned()));
+                return Err(conflict("--default-action needs at least one --rule", &["--default-action", "--rule"]));
             }
             None
         } else {
@@ -266,9 +282,9 @@ impl SelectOptions {
             for text in &self.rules {
                 parsed.push(rules::parse_rule(text).map_err(|e| invalid("--rule", text, e))?);
             }
-            // TEMP until rules::validate lands.
-            parsed.sort_by_key(|r| r.number);
-            Some(RuleSet { rules: parsed, default_action: self.default_action.unwrap_or_default() })
+            let set = rules::validate(parsed, self.default_action.unwrap_or_default())
+                .map_err(|e| InputError::InvalidFilter { what: "rules".to_owned(), rendered: e.to_string() })?;
+            Some(set)
         };
         let selection = Selection { rules, expr };
         let program = expr::compile_selection(&selection)
@@ -276,7 +292,7 @@ impl SelectOptions {
         let text = canonical_text(&selection);
         pack_text(&text).map_err(|e| InputError::Conflict(format!("{e:#}")))?;
         if self.sample.is_some() && self.sample_flow.is_some() {
-            return Err(InputError::Conflict("--sample and --sample-flow exclude each other".to_owned()));
+            return Err(conflict("--sample and --sample-flow exclude each other", &["--sample-flow", "--sample"]));
         }
         let sample_every = match (self.sample, self.sample_flow) {
             (Some(n), _) => in_range("--sample", n, 1, SAMPLE_MAX)?,
@@ -293,14 +309,17 @@ impl SelectOptions {
         };
         let burst_packets = match self.burst_packets {
             Some(_) if rate_pps == 0 => {
-                return Err(InputError::Conflict("--burst needs --rate-limit".to_owned()));
+                return Err(conflict("--burst needs --rate-limit", &["--burst", "--rate-limit"]));
             }
             Some(v) => in_range("--burst", v, 1, u64::from(u32::MAX))?,
             None => 0,
         } as u32;
         let burst_bytes = match self.burst_bytes {
             Some(_) if rate_bps == 0 => {
-                return Err(InputError::Conflict("--burst-bytes needs --rate-limit-bytes".to_owned()));
+                return Err(conflict(
+                    "--burst-bytes needs --rate-limit-bytes",
+                    &["--burst-bytes", "--rate-limit-bytes"],
+                ));
             }
             Some(v) => in_range("--burst-bytes", v, 64, u64::from(u32::MAX))?,
             None => 0,
@@ -332,12 +351,12 @@ pub fn canonical_text(selection: &Selection) -> String {
     let mut lines = Vec::new();
     if let Some(set) = &selection.rules {
         for rule in &set.rules {
-            lines.push(format!("rule {rule:?}"));
+            lines.push(format!("rule {rule}"));
         }
-        lines.push(format!("default {:?}", set.default_action));
+        lines.push(format!("default {}", set.default_action));
     }
     if let Some(expr) = &selection.expr {
-        lines.push(format!("filter {expr:?}"));
+        lines.push(format!("filter {expr}"));
     }
     lines.join("\n")
 }

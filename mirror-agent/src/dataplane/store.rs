@@ -622,10 +622,7 @@ impl Store {
         let selector = selection::selector_of(config, program, start);
         self.selectors.set(index, selector, 0).context("writing SELECTORS")?;
         if select.text.is_empty() {
-            match self.specs.remove(&index) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context("deleting from FILTER_SPECS"),
-            }
+            self.remove_spec(index)?;
         } else {
             self.specs.insert(index, selection::pack_text(&select.text)?, 0).context("writing FILTER_SPECS")?;
         }
@@ -634,6 +631,15 @@ impl Store {
             self.retired_banks.insert(selector_index(id, !bank1));
         }
         Ok(())
+    }
+
+    /// Deletes a bank's text; an absent one is fine.
+    fn remove_spec(&mut self, index: u32) -> Result<()> {
+        match self.specs.remove(&index) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).context("deleting from FILTER_SPECS"),
+        }
     }
 
     /// The configuration of session `id`.
@@ -786,10 +792,7 @@ impl Store {
                 self.pending_release.push((old.prog_start, old.prog_len));
                 self.selectors.set(index, Selector::default(), 0).context("writing SELECTORS")?;
             }
-            match self.specs.remove(&index) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context("deleting from FILTER_SPECS"),
-            }
+            self.remove_spec(index)?;
             self.retired_banks.insert(index);
         }
         self.freed_since_grace_period = true;
