@@ -136,8 +136,8 @@ fn ipv6<B: Bytes>(b: &B, f: &mut Fields) -> Option<()> {
     }
     set(f, field::IP_VERSION, 6);
     for w in 0..4 {
-        set(f, (field::SRC6 + w), b.load(l3 + 8 + 4 * w, 4)?);
-        set(f, (field::DST6 + w), b.load(l3 + 24 + 4 * w, 4)?);
+        set(f, field::SRC6 + w, b.load(l3 + 8 + 4 * w, 4)?);
+        set(f, field::DST6 + w, b.load(l3 + 24 + 4 * w, 4)?);
     }
     set(f, NEXT, b.load(l3 + 6, 1)?);
     set(f, AT, l3 + 40);

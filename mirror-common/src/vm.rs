@@ -8,6 +8,7 @@ use crate::{
 };
 
 /// What a program reads.
+#[allow(clippy::len_without_is_empty, reason = "a frame's length, as classic BPF's `len`")]
 pub trait Packet {
     /// `size` (1, 2 or 4) bytes at `off` of the frame as it was on the
     /// wire, big-endian; `None` past its end.

@@ -117,7 +117,9 @@ impl Lens {
         if unsafe { (*view).filled_run } != self.run {
             fill(view, self.skb, self.run);
         }
-        if selector.flags & selector_flags::FIELDS != 0 && unsafe { (*view).parsed_run } != self.run {
+        // SAFETY: as in `begin`.
+        let parsed = unsafe { (*view).parsed_run } == self.run;
+        if selector.flags & selector_flags::FIELDS != 0 && !parsed {
             parse_view(view, self.direction, self.run);
         }
     }
@@ -353,10 +355,10 @@ fn run(view: *mut View, skb: *mut __sk_buff, start: u32, len: u32) -> bool {
 /// One instruction; returns 1 to stop the loop.
 #[inline(never)]
 extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `run` passes its `Run`, alive for the whole loop; the machine
-    // is in this CPU's view (see `Lens::begin`).
+    // SAFETY: `run` passes its `Run`, alive for the whole loop.
     let state = unsafe { &*ctx.cast::<Run>() };
-    let machine = unsafe { &mut (*(state.reader.view as *mut View)).machine };
+    // SAFETY: the machine is in this CPU's view (see `Lens::begin`).
+    let machine = unsafe { &mut (*state.reader.view.cast_mut()).machine };
     let pc = machine.pc;
     if pc >= state.len || pc >= filter::MAX_INSNS {
         machine.verdict = vm::verdict::REJECT;

@@ -850,3 +850,63 @@ fn a_destination_that_cannot_cut_never_gets_uncut_copies() {
         assert_eq!(agent.packets("s", dir, "not_cut"), 0, "{dir}: a copy was sent uncut");
     }
 }
+
+/// A reload that changes a session's filter: the new program is written
+/// into the selector bank no slot uses, then the slots switch to it, so every
+/// packet is judged by the old or the new filter, whole (matched + filtered
+/// = every packet the source saw, exactly; what was captured = matched). A
+/// second change reuses the first bank (after a grace period). The other
+/// session's state is not touched.
+#[test]
+fn a_reload_swaps_a_filter_atomically_and_leaves_other_sessions_alone() {
+    let topo = Topology::new(2);
+    let agent = topo.agent();
+    let config = |a_filter: &str| {
+        format!(
+            "sessions:\n  - name: a\n    sources: [{{name: vc}}]\n    dest: vk0\n    filter: \"{a_filter}\"\n  - name: b\n    sources: [{{name: vs}}]\n    dest: vk1\n"
+        )
+    };
+    let requests = "icmp[icmptype] = icmp-echo";
+    let replies = "icmp[icmptype] = icmp-echoreply";
+    let d = Daemon::start(&topo.host, &config(requests), &[]);
+    wait_sources(&agent, "a", &["vc"]);
+    wait_sources(&agent, "b", &["vs"]);
+    let b_before = session(&agent.list(), "b").expect("b").clone();
+    // `list` shows the canonical form (names resolved: `icmp[0] = 8`).
+    let canonical = |e: &str| mirror_agent::filter::parse_expr(e).expect("valid").to_string();
+    let filter_of = |list: &Value| session(list, "a").expect("a")["select"]["filter"].clone();
+    assert_eq!(filter_of(&agent.list()), canonical(requests));
+    let seen = |dir: &str| {
+        ["matched", "filtered"].iter().map(|r| agent.packets("a", dir, r)).sum::<u64>()
+    };
+
+    let cap = Capture::start(&topo.collectors[0], "eth0");
+    let pings = 300;
+    let r = std::thread::scope(|s| {
+        let pinger = s.spawn(|| ping(&topo.client, SERVER_IP, pings));
+        wait_until(WAIT, "pings flowing", || agent.packets("a", "ingress", "matched") >= 30);
+        d.write_config(&config(replies));
+        wait_until(WAIT, "a's new filter", || filter_of(&agent.list()) == canonical(replies));
+        pinger.join().expect("pinger")
+    });
+    assert_eq!((r.transmitted, r.received), (u64::from(pings), u64::from(pings)), "production pings lost");
+    let frames = cap.stop();
+    let (req, rep) = icmp(&frames);
+    // Requests enter vc (its ingress), replies leave it (egress): before the
+    // swap only requests are copied, after it only replies; a ping whose
+    // request passed just before and reply just after has both.
+    assert!(req > 0 && rep > 0, "both filters applied: {req} requests, {rep} replies");
+    assert!((pings as usize..=pings as usize + 1).contains(&(req + rep)), "{req} + {rep} copies for {pings} pings");
+    assert_eq!(seen("ingress") + seen("egress"), 2 * u64::from(pings), "a packet judged twice or not at all");
+    let matched = agent.packets("a", "ingress", "matched") + agent.packets("a", "egress", "matched");
+    assert_eq!(matched, (req + rep) as u64, "matched = what reached the collector");
+
+    // Back to the first filter: its bank is written again.
+    d.write_config(&config(requests));
+    wait_until(WAIT, "a's filter back", || filter_of(&agent.list()) == canonical(requests));
+    let frames = ping_and_capture(&topo.client, SERVER_IP, &topo.collectors[0], PINGS);
+    assert_eq!(icmp(&frames), (PINGS as usize, 0));
+    assert_eq!(session(&agent.list(), "b").expect("b"), &b_before, "b untouched");
+    assert_eq!(audit_lines(&d, "b").len(), 1, "b: only its first attach is audited");
+    assert_eq!(audit_lines(&d, "a").iter().filter(|l| l.contains("action=\"update\"")).count(), 2);
+}

@@ -141,8 +141,8 @@ pub enum Prim {
 pub enum LoadBase {
     /// `ether[...]`, `link[...]`: the start of the frame.
     Link,
-    /// `ip[...]`, `arp[...]`, `rarp[...]`: the network header (libpcap does
-    /// not check that the frame is IPv4 / ARP).
+    /// `ip[...]`, `arp[...]`, `rarp[...]`: the network header, after
+    /// libpcap's check of the EtherType.
     Net(ProtoName),
     /// `ip6[...]`: the IPv6 header (only checks the EtherType).
     Ip6,
