@@ -14,7 +14,7 @@ pub enum InputError {
     SnaplenOutOfRange(u64),
     #[error("invalid session name {name:?}: {why}")]
     InvalidSessionName { name: String, why: &'static str },
-    #[error("a session named {0:?} already exists")]
+    #[error("a session named {0:?} already exists (attach --replace changes it in place)")]
     DuplicateSession(String),
     #[error("no session named {0:?}")]
     UnknownSession(String),

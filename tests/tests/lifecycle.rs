@@ -422,3 +422,40 @@ fn state_of_the_previous_layout_is_refused_and_left_alone() {
     agent.ok(&["detach", "--all"]);
     assert!(!topo.host.pin_dir().exists());
 }
+
+/// `attach --replace`: the CLI's way to change a live session (the daemon's
+/// reload path): a filter changed in the middle of a ping stream applies to
+/// whole packets, copies never stop, the session keeps its id and creation
+/// time; a name that is not there yet is simply attached.
+#[test]
+fn attach_replace_changes_a_live_session_in_place() {
+    use mirror_tests::capture::Frame;
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    let attach = |filter: &str| {
+        agent.ok(&["attach", "--replace", "--name", "r", "--source", "vc", "--dest", "vk0", "--filter", filter]);
+    };
+    attach("icmp[icmptype] = icmp-echo");
+    let before = agent.list()["sessions"][0].clone();
+    let err = agent.fails(&["attach", "--name", "r", "--source", "vc", "--dest", "vk0"]);
+    assert!(err.contains("a session named \"r\" already exists (attach --replace changes it in place)"), "{err}");
+    let cap = Capture::start(&topo.collectors[0], "eth0");
+    let pings = 200;
+    let r = std::thread::scope(|s| {
+        let pinger = s.spawn(|| ping(&topo.client, SERVER_IP, pings));
+        wait_until(Duration::from_secs(10), "pings flowing", || agent.packets("r", "ingress", "matched") >= 20);
+        attach("icmp[icmptype] = icmp-echoreply");
+        pinger.join().expect("pinger")
+    });
+    assert_eq!(r.received, u64::from(pings), "production pings lost");
+    let frames = cap.stop();
+    let (req, rep) = (
+        frames.iter().filter(|f| Frame::is_echo_request(f)).count(),
+        frames.iter().filter(|f| Frame::is_echo_reply(f)).count(),
+    );
+    assert!(req >= 20 && rep > 0, "{req} requests, {rep} replies");
+    assert!((pings as usize..=pings as usize + 1).contains(&(req + rep)), "{req} + {rep} copies for {pings} pings");
+    let after = agent.list()["sessions"][0].clone();
+    assert_eq!((&after["id"], &after["created_unix_secs"]), (&before["id"], &before["created_unix_secs"]));
+    assert_eq!(after["select"]["filter"], "icmp[0] = 0");
+}

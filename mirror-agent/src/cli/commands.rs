@@ -74,6 +74,11 @@ pub struct AttachArgs {
     /// Cut each copy to this many bytes from the Ethernet header; 0 = whole packet.
     #[arg(long, default_value_t = 0)]
     pub snaplen: u64,
+    /// Replace the session of that name in place (sources, destination,
+    /// selection): what stays is never interrupted, and a new filter applies
+    /// atomically. Without it, an existing name is an error.
+    #[arg(long)]
+    pub replace: bool,
     #[command(flatten)]
     pub select: SelectArgs,
 }
@@ -239,11 +244,18 @@ pub fn attach(ctx: &Context, args: &AttachArgs) -> Result<()> {
     let _lock = layout.lock(true, true)?;
     let named_taps: Vec<(String, SourceKey)> = spec.taps.iter().map(|(k, n)| (n.clone(), *k)).collect();
     let existing = Store::open(layout)?;
+    let mut replacing = false;
     if let Some(existing) = &existing {
-        if existing.find(&args.name)?.is_some() {
-            return Err(InputError::DuplicateSession(args.name.clone()).into());
+        match existing.find(&args.name)? {
+            Some(_) if !args.replace => return Err(InputError::DuplicateSession(args.name.clone()).into()),
+            Some(s) if s.owner() != Owner::Cli => {
+                return Err(InputError::OwnedByConfig(args.name.clone()).into());
+            }
+            Some(_) => replacing = true,
+            // Capacity of a replacement is checked by the plan, which knows
+            // what the session already holds.
+            None => existing.check_capacity(&named_taps)?,
         }
-        existing.check_capacity(&named_taps)?;
     } else {
         store::check_hook_count(0, named_taps.len())?;
     }
@@ -258,6 +270,9 @@ pub fn attach(ctx: &Context, args: &AttachArgs) -> Result<()> {
         anyhow::bail!("attaching session {:?}: {why}", args.name);
     }
     if let Err(err) = sessions::apply(&mut store, layout, ctx.mode, &changes) {
+        if replacing {
+            return Err(err.context(format!("replacing session {:?}", args.name)));
+        }
         // Undo: nothing of this session may stay behind.
         let undo = store.find(&args.name).and_then(|found| match found {
             Some(s) => sessions::apply(
@@ -275,7 +290,8 @@ pub fn attach(ctx: &Context, args: &AttachArgs) -> Result<()> {
         }
         return Err(err.context(format!("attaching session {:?}", args.name)));
     }
-    crate::daemon::audit::record("cli", "attach", &args.name, &format!("{}", changes[0]));
+    let verb = if replacing { "update" } else { "attach" };
+    crate::daemon::audit::record("cli", verb, &args.name, &format!("{}", changes[0]));
     Ok(())
 }
 
