@@ -9,6 +9,7 @@
 pub mod capture;
 pub mod daemon;
 pub mod datapath;
+pub mod inject;
 pub mod pcap;
 pub mod topology;
 pub mod traffic;

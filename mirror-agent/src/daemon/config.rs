@@ -759,7 +759,7 @@ policy:
         ),
         (
             "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    rules: [\"100 accept\", \"100 reject\"]\n",
-            "c.yaml:2:5: sessions[0]: invalid rules: rule 100: number: two rules have this number",
+            "c.yaml:2:5: sessions[0]: invalid rules: two rules are numbered 100: rule numbers must be unique",
         ),
         (
             "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    burst: 10\n",

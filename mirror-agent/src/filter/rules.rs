@@ -77,14 +77,20 @@ pub fn parse_rule(text: &str) -> Result<Rule, FilterError> {
     let mut it = words.iter().copied();
     let end = Span::new(text.len(), text.len());
     let Some((number_word, number_span)) = it.next() else {
-        return Err(FilterError::at(Span::new(0, text.len()), "the rule is empty: expected `NUMBER ACTION ...`"));
+        return Err(FilterError::at(
+            Span::new(0, text.len()),
+            "the rule is empty: expected `NUMBER ACTION ...`",
+        ));
     };
     let number = number_word
         .parse::<u32>()
         .ok()
         .filter(|_| number_word.bytes().all(|b| b.is_ascii_digit()))
         .ok_or_else(|| {
-            FilterError::at(number_span, format!("a rule starts with its number (1..=32766), not `{number_word}`"))
+            FilterError::at(
+                number_span,
+                format!("a rule starts with its number (1..=32766), not `{number_word}`"),
+            )
         })?;
     let Some((action_word, action_span)) = it.next() else {
         return Err(FilterError::at(end, "expected `accept` or `reject` after the rule number"));
@@ -121,7 +127,8 @@ pub fn parse_rule(text: &str) -> Result<Rule, FilterError> {
         let (value, vspan) = if matches!(word, "tcp" | "udp" | "sctp" | "icmp" | "icmp6" | "any") {
             (word, span)
         } else {
-            it.next().ok_or_else(|| FilterError::at(end, format!("`{word}` needs a value: {}", expects(field))))?
+            it.next()
+                .ok_or_else(|| FilterError::at(end, format!("`{word}` needs a value: {}", expects(field))))?
         };
         let bad = |m: String| FilterError::at(vspan, m);
         match field {
@@ -135,7 +142,11 @@ pub fn parse_rule(text: &str) -> Result<Rule, FilterError> {
                 rule.direction = Some(match value {
                     "ingress" => mirror_common::direction::INGRESS,
                     "egress" => mirror_common::direction::EGRESS,
-                    _ => return Err(bad(format!("unknown direction `{value}`: expected `ingress` or `egress`"))),
+                    _ => {
+                        return Err(bad(format!(
+                            "unknown direction `{value}`: expected `ingress` or `egress`"
+                        )));
+                    }
                 });
             }
             Field::Number => {}
@@ -162,7 +173,10 @@ pub fn validate(mut rules: Vec<Rule>, default_action: Action) -> Result<RuleSet,
     }
     rules.sort_by_key(|r| r.number);
     if let Some(w) = rules.windows(2).find(|w| w[0].number == w[1].number) {
-        return Err(FilterError::whole(format!("rule {}: number: two rules have this number", w[0].number)));
+        return Err(FilterError::whole(format!(
+            "two rules are numbered {}: rule numbers must be unique",
+            w[0].number
+        )));
     }
     Ok(RuleSet { rules, default_action })
 }
@@ -177,13 +191,13 @@ fn check(rule: &Rule) -> Result<(), (Field, String)> {
             check_prefix(addr, len).map_err(|m| (field, m))?;
         }
     }
-    if let (Some((s, _)), Some((d, _))) = (rule.source, rule.destination) {
-        if s.is_ipv4() != d.is_ipv4() {
-            return Err((
-                Field::Destination,
-                format!("source {s} and destination {d} are not the same IP version"),
-            ));
-        }
+    if let (Some((s, _)), Some((d, _))) = (rule.source, rule.destination)
+        && s.is_ipv4() != d.is_ipv4()
+    {
+        return Err((
+            Field::Destination,
+            format!("source {s} and destination {d} are not the same IP version"),
+        ));
     }
     let proto = rule.protocol.map(|p| super::print::protocol_name(p).map_or(p.to_string(), str::to_owned));
     for (field, range) in
@@ -196,7 +210,10 @@ fn check(rule: &Rule) -> Result<(), (Field, String)> {
         if rule.protocol.is_some_and(|p| ![6, 17, 132].contains(&p)) {
             return Err((
                 field,
-                format!("ports need protocol tcp, udp or sctp (or none), not {}", proto.clone().unwrap_or_default()),
+                format!(
+                    "ports need protocol tcp, udp or sctp (or none), not {}",
+                    proto.clone().unwrap_or_default()
+                ),
             ));
         }
     }
@@ -282,15 +299,19 @@ fn expects(field: Field) -> &'static str {
 }
 
 fn unknown_field(word: &str) -> String {
-    const FIELDS: &[&str] =
-        &["tcp", "udp", "sctp", "icmp", "icmp6", "any", "proto", "src", "dst", "sport", "dport", "flags", "dir"];
+    const FIELDS: &[&str] = &[
+        "tcp", "udp", "sctp", "icmp", "icmp6", "any", "proto", "src", "dst", "sport", "dport", "flags", "dir",
+    ];
     let near = FIELDS.iter().find(|f| {
         let (a, b) = (word.as_bytes(), f.as_bytes());
         // One letter off, or two swapped.
         a.len() == b.len() && a.iter().zip(b).filter(|(x, y)| x != y).count() == 1
             || a.len() == b.len() && {
                 let diff: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
-                diff.len() == 2 && diff[1] == diff[0] + 1 && a[diff[0]] == b[diff[1]] && a[diff[1]] == b[diff[0]]
+                diff.len() == 2
+                    && diff[1] == diff[0] + 1
+                    && a[diff[0]] == b[diff[1]]
+                    && a[diff[1]] == b[diff[0]]
             }
             || a.len() + 1 == b.len() && (0..b.len()).any(|i| [&b[..i], &b[i + 1..]].concat() == a)
             || b.len() + 1 == a.len() && (0..a.len()).any(|i| [&a[..i], &a[i + 1..]].concat() == b)
@@ -329,7 +350,9 @@ fn parse_prefix(word: &str) -> Result<(IpAddr, u8), String> {
         None => (word, None),
     };
     let addr: IpAddr = addr.parse().map_err(|_| {
-        format!("`{word}` is not a prefix: expected e.g. 198.18.0.0/16 or 2001:db8::/32 (names are not resolved)")
+        format!(
+            "`{word}` is not a prefix: expected e.g. 198.18.0.0/16 or 2001:db8::/32 (names are not resolved)"
+        )
     })?;
     let width = if addr.is_ipv4() { 32 } else { 128 };
     let len = match len {
@@ -415,16 +438,19 @@ mod tests {
     fn the_example_rule_and_any_field_order() {
         let text = "100 accept tcp src 198.18.0.0/16 dst 198.19.0.0/16 sport 1024-65535 dport 443 flags S/SA dir ingress";
         let r = parse_rule(text).unwrap();
-        assert_eq!(r, Rule {
-            direction: Some(mirror_common::direction::INGRESS),
-            protocol: Some(6),
-            source: Some((Ipv4Addr::new(198, 18, 0, 0).into(), 16)),
-            destination: Some((Ipv4Addr::new(198, 19, 0, 0).into(), 16)),
-            source_ports: Some((1024, 65535)),
-            destination_ports: Some((443, 443)),
-            tcp_flags: Some(TcpFlags { value: 0x02, mask: 0x12 }),
-            ..rule(100, Accept)
-        });
+        assert_eq!(
+            r,
+            Rule {
+                direction: Some(mirror_common::direction::INGRESS),
+                protocol: Some(6),
+                source: Some((Ipv4Addr::new(198, 18, 0, 0).into(), 16)),
+                destination: Some((Ipv4Addr::new(198, 19, 0, 0).into(), 16)),
+                source_ports: Some((1024, 65535)),
+                destination_ports: Some((443, 443)),
+                tcp_flags: Some(TcpFlags { value: 0x02, mask: 0x12 }),
+                ..rule(100, Accept)
+            }
+        );
         assert_eq!(r.to_string(), text);
         let shuffled = "100 accept dir ingress flags S/SA dport 443 sport 1024-65535 dst 198.19.0.0/16 \
                         src 198.18.0.0/16 tcp";
@@ -454,7 +480,10 @@ mod tests {
         let r = parse_rule("5 accept src 2001:db8::/48").unwrap();
         assert_eq!(r.source, Some((Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0).into(), 48)));
         assert_eq!(parse_action("accept").unwrap(), Accept);
-        assert_eq!(parse_action("drop").unwrap_err().message, "unknown action `drop`: expected `accept` or `reject`");
+        assert_eq!(
+            parse_action("drop").unwrap_err().message,
+            "unknown action `drop`: expected `accept` or `reject`"
+        );
     }
 
     /// Each wrong rule, the column and the message it gets.
@@ -480,7 +509,11 @@ mod tests {
             16,
             "`example.com` is not a prefix: expected e.g. 198.18.0.0/16 or 2001:db8::/32 (names are not resolved)",
         ),
-        ("100 accept src 198.18.0.1/16", 16, "198.18.0.1/16 has host bits set (the network is 198.18.0.0/16)"),
+        (
+            "100 accept src 198.18.0.1/16",
+            16,
+            "198.18.0.1/16 has host bits set (the network is 198.18.0.0/16)",
+        ),
         ("100 accept dst 10.0.0.0/33", 16, "prefix length `33` is out of range (0..=32)"),
         (
             "100 accept src 10.0.0.0/8 dst 2001:db8::/32",
@@ -495,10 +528,18 @@ mod tests {
         ),
         ("100 accept dport 70000", 18, "port 70000 is out of range (0..=65535)"),
         ("100 accept dport 2000-1000", 18, "port range 2000-1000 is reversed: write 1000-2000"),
-        ("100 accept dport https", 18, "`https` is not a port or port range: expected e.g. 443 or 1024-65535"),
+        (
+            "100 accept dport https",
+            18,
+            "`https` is not a port or port range: expected e.g. 443 or 1024-65535",
+        ),
         ("100 accept icmp dport 80", 23, "ports need protocol tcp, udp or sctp (or none), not icmp"),
         ("100 accept udp flags S", 22, "flags need protocol tcp (or none), not udp"),
-        ("100 accept flags X/SA", 18, "unknown TCP flag `X` in `X/SA`: expected letters of FSRPAUEC, as in S/SA"),
+        (
+            "100 accept flags X/SA",
+            18,
+            "unknown TCP flag `X` in `X/SA`: expected letters of FSRPAUEC, as in S/SA",
+        ),
         ("100 accept flags S/A", 18, "`S/A`: the value has flags outside the mask"),
         ("100 accept flags S/", 18, "`S/` has an empty mask: expected e.g. S/SA"),
         ("100 accept dir both", 16, "unknown direction `both`: expected `ingress` or `egress`"),
@@ -517,7 +558,8 @@ mod tests {
     #[test]
     fn validate_orders_checks_and_makes_flags_tcp() {
         let parse = |t: &str| parse_rule(t).unwrap();
-        let set = validate(vec![parse("20 reject flags S"), parse("10 accept udp dport 53")], Accept).unwrap();
+        let set =
+            validate(vec![parse("20 reject flags S"), parse("10 accept udp dport 53")], Accept).unwrap();
         assert_eq!(set.rules.iter().map(|r| r.number).collect::<Vec<_>>(), [10, 20]);
         assert_eq!(set.rules[1].protocol, Some(6));
         assert_eq!(set.default_action, Accept);
@@ -528,18 +570,27 @@ mod tests {
 
         let whole = |rules: Vec<Rule>| validate(rules, Reject).unwrap_err();
         let e = whole(vec![parse("10 accept"), parse("10 reject tcp")]);
-        assert_eq!((e.span, e.message.as_str()), (None, "rule 10: number: two rules have this number"));
+        assert_eq!((e.span, e.message.as_str()), (None, "two rules are numbered 10: rule numbers must be unique"));
         let mut bad = rule(5, Accept);
         bad.source = Some((Ipv4Addr::new(10, 0, 0, 1).into(), 8));
-        assert_eq!(whole(vec![bad]).message, "rule 5: src: 10.0.0.1/8 has host bits set (the network is 10.0.0.0/8)");
+        assert_eq!(
+            whole(vec![bad]).message,
+            "rule 5: src: 10.0.0.1/8 has host bits set (the network is 10.0.0.0/8)"
+        );
         let mut bad = rule(6, Accept);
         bad.protocol = Some(1);
         bad.source_ports = Some((1, 2));
-        assert_eq!(whole(vec![bad]).message, "rule 6: sport: ports need protocol tcp, udp or sctp (or none), not icmp");
+        assert_eq!(
+            whole(vec![bad]).message,
+            "rule 6: sport: ports need protocol tcp, udp or sctp (or none), not icmp"
+        );
         let mut bad = rule(7, Accept);
         bad.tcp_flags = Some(TcpFlags { value: 0, mask: 0 });
         assert_eq!(whole(vec![bad]).message, "rule 7: flags: the flags mask is empty");
-        assert_eq!(whole(vec![rule(40000, Accept)]).message, "rule 40000: number: rule number 40000 is out of range (1..=32766)");
+        assert_eq!(
+            whole(vec![rule(40000, Accept)]).message,
+            "rule 40000: number: rule number 40000 is out of range (1..=32766)"
+        );
         let mut bad = rule(8, Accept);
         bad.source = Some((Ipv4Addr::new(10, 0, 0, 0).into(), 8));
         bad.destination = Some((Ipv6Addr::LOCALHOST.into(), 128));
