@@ -216,7 +216,10 @@ fn read_icmp<B: Bytes>(b: &B, l4: u32, f: &mut Fields) -> Option<()> {
 
 #[inline(always)]
 fn is_ipv6_extension(next: u32) -> bool {
-    matches!(next, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_AH | IPPROTO_FRAGMENT)
+    matches!(
+        next,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_AH | IPPROTO_FRAGMENT
+    )
 }
 
 /// murmur3's finalizer: every input bit reaches every output bit.
@@ -253,7 +256,8 @@ pub fn flow_hash(f: &Fields) -> u32 {
         && f[field::HAS_L4 as usize] != 0
         && matches!(f[field::L4_PROTO as usize], IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP);
     let (sp, dp) = if ported { (f[field::SRC_PORT as usize], f[field::DST_PORT as usize]) } else { (0, 0) };
-    let ((lo, lo_port), (hi, hi_port)) = if (a, sp) <= (b, dp) { ((a, sp), (b, dp)) } else { ((b, dp), (a, sp)) };
+    let ((lo, lo_port), (hi, hi_port)) =
+        if (a, sp) <= (b, dp) { ((a, sp), (b, dp)) } else { ((b, dp), (a, sp)) };
     let mut h = mix(lo ^ 0x9e37_79b9);
     h = mix(h ^ hi);
     h = mix(h ^ (lo_port << 16 | hi_port));

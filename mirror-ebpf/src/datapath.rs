@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use mirror_common::{
     COUNTER_SLOTS, DirectionCounters, EntryRef, GLOBAL_SESSION_ID, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
-    MAX_SOURCE_HOOKS, NO_ENTRY, SOURCE_ENTRY_COUNT, SessionConfig, SessionSlot, SourceEntry, SourceKey, copy_mark,
-    counter_index, cut_verdict, direction, entry_flags, reason, selector_flags, selector_index, slot_flags,
-    source_index,
+    MAX_SOURCE_HOOKS, NO_ENTRY, SOURCE_ENTRY_COUNT, SessionConfig, SessionSlot, SourceEntry, SourceKey,
+    copy_mark, counter_index, cut_verdict, direction, entry_flags, reason, selector_flags, selector_index,
+    slot_flags, source_index,
 };
 
 use core::ffi::c_void;
@@ -221,7 +221,8 @@ fn slot_at(w: *const Walk, index: u32) -> (SessionSlot, &'static Walk) {
     // masked into the slots.
     unsafe {
         let w = &*w;
-        let slot = core::ptr::read_volatile(&(*w.entry).slots[index as usize & (MAX_SESSIONS_PER_SOURCE - 1)]);
+        let slot =
+            core::ptr::read_volatile(&(*w.entry).slots[index as usize & (MAX_SESSIONS_PER_SOURCE - 1)]);
         (slot, w)
     }
 }

@@ -174,7 +174,8 @@ fn parse_view(view: *mut View, direction: u32, run: u64) {
 #[inline(never)]
 fn fill(view: *mut View, skb: *mut __sk_buff, run: u64) {
     // SAFETY: readable fields of the program's own context.
-    let (len, present, tci, proto) = unsafe { ((*skb).len, (*skb).vlan_present, (*skb).vlan_tci, (*skb).vlan_proto) };
+    let (len, present, tci, proto) =
+        unsafe { ((*skb).len, (*skb).vlan_present, (*skb).vlan_tci, (*skb).vlan_proto) };
     // SAFETY: per-CPU value of this CPU (see `Lens::view`); the helper
     // writes at most `n` bytes at `dst`, and `n` is bounded to what is
     // left of `header` past `dst`.
@@ -299,7 +300,9 @@ fn read_header(h: &[u8; HEADER + 4], off: u32, size: u32) -> u32 {
     match size {
         1 => u32::from(h[i]),
         2 => u32::from(h[i]) << 8 | u32::from(h[i + 1]),
-        _ => u32::from(h[i]) << 24 | u32::from(h[i + 1]) << 16 | u32::from(h[i + 2]) << 8 | u32::from(h[i + 3]),
+        _ => {
+            u32::from(h[i]) << 24 | u32::from(h[i + 1]) << 16 | u32::from(h[i + 2]) << 8 | u32::from(h[i + 3])
+        }
     }
 }
 

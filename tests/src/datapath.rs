@@ -144,14 +144,16 @@ impl Datapath {
         let mut entries: Array<_, SourceEntry> =
             Array::try_from(self.ebpf.map_mut("SOURCE_ENTRIES").unwrap()).unwrap();
         entries.set(0, entry, 0).unwrap();
-        let mut index: Array<_, EntryRef> = Array::try_from(self.ebpf.map_mut("SOURCE_INDEX").unwrap()).unwrap();
+        let mut index: Array<_, EntryRef> =
+            Array::try_from(self.ebpf.map_mut("SOURCE_INDEX").unwrap()).unwrap();
         index.set(source_index::cell(hook.ifindex, hook.direction), 1, 0).unwrap();
     }
 
     fn write_program(&mut self, program: Option<&Program>) -> u32 {
         let Some(p) = program else { return 0 };
         let start = self.next_insn;
-        let mut insns: Array<_, FilterInsn> = Array::try_from(self.ebpf.map_mut("FILTER_INSNS").unwrap()).unwrap();
+        let mut insns: Array<_, FilterInsn> =
+            Array::try_from(self.ebpf.map_mut("FILTER_INSNS").unwrap()).unwrap();
         for (i, insn) in p.insns.iter().enumerate() {
             insns.set(start + i as u32, *insn, 0).unwrap();
         }

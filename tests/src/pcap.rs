@@ -176,9 +176,13 @@ pub fn describe_packets() -> Vec<String> {
                 .expect("spawning tcpdump");
             let mut lines = vec![String::from("(no decoding)"); packets().len()];
             // Continuation lines (hex dumps) start with whitespace.
-            for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.starts_with(char::is_whitespace)) {
+            for line in
+                String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.starts_with(char::is_whitespace))
+            {
                 let Some((ts, rest)) = line.split_once(' ') else { continue };
-                let Some(i) = ts.strip_suffix(".000000").and_then(|s| s.parse::<usize>().ok()) else { continue };
+                let Some(i) = ts.strip_suffix(".000000").and_then(|s| s.parse::<usize>().ok()) else {
+                    continue;
+                };
                 if let Some(slot) = lines.get_mut(i) {
                     *slot = rest.chars().take(150).collect();
                 }
@@ -223,7 +227,8 @@ impl Report {
     pub fn render(&self) -> String {
         let describe = describe_packets();
         let mut s = String::new();
-        let exprs: std::collections::BTreeSet<&str> = self.mismatches.iter().map(|m| m.expr.as_str()).collect();
+        let exprs: std::collections::BTreeSet<&str> =
+            self.mismatches.iter().map(|m| m.expr.as_str()).collect();
         let _ = writeln!(
             s,
             "{}: {} errors; {} mismatches in {} of {} expressions over {} packets",
@@ -268,8 +273,12 @@ pub fn differential(
     let exprs = corpus();
     let packets = packets();
     let expected = tcpdump_verdicts_all(&exprs);
-    let mut report =
-        Report { label: label.to_owned(), expressions: exprs.len(), packets: packets.len(), ..Report::default() };
+    let mut report = Report {
+        label: label.to_owned(),
+        expressions: exprs.len(),
+        packets: packets.len(),
+        ..Report::default()
+    };
     for (expr, want) in exprs.iter().zip(&expected) {
         match verdicts(expr, &packets) {
             Err(e) => report.errors.push((expr.clone(), e)),

@@ -876,9 +876,7 @@ fn a_reload_swaps_a_filter_atomically_and_leaves_other_sessions_alone() {
     let canonical = |e: &str| mirror_agent::filter::parse_expr(e).expect("valid").to_string();
     let filter_of = |list: &Value| session(list, "a").expect("a")["select"]["filter"].clone();
     assert_eq!(filter_of(&agent.list()), canonical(requests));
-    let seen = |dir: &str| {
-        ["matched", "filtered"].iter().map(|r| agent.packets("a", dir, r)).sum::<u64>()
-    };
+    let seen = |dir: &str| ["matched", "filtered"].iter().map(|r| agent.packets("a", dir, r)).sum::<u64>();
 
     let cap = Capture::start(&topo.collectors[0], "eth0");
     let pings = 300;
@@ -896,7 +894,10 @@ fn a_reload_swaps_a_filter_atomically_and_leaves_other_sessions_alone() {
     // swap only requests are copied, after it only replies; a ping whose
     // request passed just before and reply just after has both.
     assert!(req > 0 && rep > 0, "both filters applied: {req} requests, {rep} replies");
-    assert!((pings as usize..=pings as usize + 1).contains(&(req + rep)), "{req} + {rep} copies for {pings} pings");
+    assert!(
+        (pings as usize..=pings as usize + 1).contains(&(req + rep)),
+        "{req} + {rep} copies for {pings} pings"
+    );
     assert_eq!(seen("ingress") + seen("egress"), 2 * u64::from(pings), "a packet judged twice or not at all");
     let matched = agent.packets("a", "ingress", "matched") + agent.packets("a", "egress", "matched");
     assert_eq!(matched, (req + rep) as u64, "matched = what reached the collector");

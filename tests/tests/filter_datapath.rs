@@ -51,7 +51,10 @@ fn the_datapath_filters_equal_tcpdump() {
         report.mismatches.len(),
         report.errors.len()
     );
-    assert!(refused.values().all(|len| *len < 14 + 40), "the kernel refused a frame that is no runt: {refused:?}");
+    assert!(
+        refused.values().all(|len| *len < 14 + 40),
+        "the kernel refused a frame that is no runt: {refused:?}"
+    );
     assert!(refused.len() * 20 < report.packets, "most packets were not test-run: {refused:?}");
     report.assert_clean();
 }

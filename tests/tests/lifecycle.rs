@@ -433,17 +433,33 @@ fn attach_replace_changes_a_live_session_in_place() {
     let topo = Topology::new(1);
     let agent = topo.agent();
     let attach = |filter: &str| {
-        agent.ok(&["attach", "--replace", "--name", "r", "--source", "vc", "--dest", "vk0", "--filter", filter]);
+        agent.ok(&[
+            "attach",
+            "--replace",
+            "--name",
+            "r",
+            "--source",
+            "vc",
+            "--dest",
+            "vk0",
+            "--filter",
+            filter,
+        ]);
     };
     attach("icmp[icmptype] = icmp-echo");
     let before = agent.list()["sessions"][0].clone();
     let err = agent.fails(&["attach", "--name", "r", "--source", "vc", "--dest", "vk0"]);
-    assert!(err.contains("a session named \"r\" already exists (attach --replace changes it in place)"), "{err}");
+    assert!(
+        err.contains("a session named \"r\" already exists (attach --replace changes it in place)"),
+        "{err}"
+    );
     let cap = Capture::start(&topo.collectors[0], "eth0");
     let pings = 200;
     let r = std::thread::scope(|s| {
         let pinger = s.spawn(|| ping(&topo.client, SERVER_IP, pings));
-        wait_until(Duration::from_secs(10), "pings flowing", || agent.packets("r", "ingress", "matched") >= 20);
+        wait_until(Duration::from_secs(10), "pings flowing", || {
+            agent.packets("r", "ingress", "matched") >= 20
+        });
         attach("icmp[icmptype] = icmp-echoreply");
         pinger.join().expect("pinger")
     });
@@ -454,7 +470,10 @@ fn attach_replace_changes_a_live_session_in_place() {
         frames.iter().filter(|f| Frame::is_echo_reply(f)).count(),
     );
     assert!(req >= 20 && rep > 0, "{req} requests, {rep} replies");
-    assert!((pings as usize..=pings as usize + 1).contains(&(req + rep)), "{req} + {rep} copies for {pings} pings");
+    assert!(
+        (pings as usize..=pings as usize + 1).contains(&(req + rep)),
+        "{req} + {rep} copies for {pings} pings"
+    );
     let after = agent.list()["sessions"][0].clone();
     assert_eq!((&after["id"], &after["created_unix_secs"]), (&before["id"], &before["created_unix_secs"]));
     assert_eq!(after["select"]["filter"], "icmp[0] = 0");

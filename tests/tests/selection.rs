@@ -154,7 +154,7 @@ fn flow_sampling_keeps_whole_flows_in_both_directions() {
             let back = ipv4(proto, b, a, dport, sport, 80);
             let verdicts = [dp.selects(1, &there), dp.selects(1, &back), dp.selects(1, &there)];
             assert!(verdicts.iter().all(|v| *v == verdicts[0]), "flow {i} half sampled: {verdicts:?}");
-            let fields = mirror_agent::filter::Frame::new(&there, 0);
+            let fields = filter::Frame::new(&there, 0);
             let predicted = parse::keeps(parse::flow_hash(fields.fields()), every);
             assert_eq!(verdicts[0], predicted, "flow {i}: the kernel and the agent's hash disagree");
             kept_flows += u32::from(verdicts[0]);
@@ -181,7 +181,10 @@ fn the_rate_limit_caps_copies_and_counts_the_rest() {
         let (passed, limited) = (dp.packets(1, reason::DRY_RUN), dp.packets(1, reason::RATE_LIMITED));
         assert_eq!(passed + limited, u64::from(n));
         let most = 1.0 + 1_000.0 + 10_000.0 * elapsed;
-        assert!(passed >= 1_000 && passed as f64 <= most, "{passed} passed in {elapsed:.3} s (at most {most:.0})");
+        assert!(
+            passed >= 1_000 && passed as f64 <= most,
+            "{passed} passed in {elapsed:.3} s (at most {most:.0})"
+        );
         // A byte budget: 100 kB/s with a 1 000-byte burst lets 10 + 1
         // 100-byte copies through at once.
         dp.set_sessions(&[TestSession::new(2).dry_run().with(|c| {

@@ -26,7 +26,11 @@ use mirror_common::{
 /// Panics unless `program` is one the datapath's machine runs to a verdict.
 fn check(program: &Program, text: &str) {
     let insns: &[FilterInsn] = &program.insns;
-    assert!(!insns.is_empty() && insns.len() <= MAX_INSNS as usize, "{} instructions for {text:?}", insns.len());
+    assert!(
+        !insns.is_empty() && insns.len() <= MAX_INSNS as usize,
+        "{} instructions for {text:?}",
+        insns.len()
+    );
     for (pc, insn) in insns.iter().enumerate() {
         let targets: Vec<usize> = match insn.op {
             op::RET_K | op::RET_A => continue,
@@ -44,9 +48,8 @@ fn check(program: &Program, text: &str) {
 
 fn run(selection: &Selection, program: &Program, frame: &[u8], text: &str) {
     let ours = program.matches(&Frame::new(frame, 0));
-    let rules = selection.rules.as_ref().is_none_or(|r| {
-        reference::rules_accept(r, Frame::new(frame, 0).fields())
-    });
+    let rules =
+        selection.rules.as_ref().is_none_or(|r| reference::rules_accept(r, Frame::new(frame, 0).fields()));
     let want = match &selection.expr {
         Some(e) if rules => reference::expr_outcome(e, frame),
         _ => Outcome::Ran(rules),

@@ -186,7 +186,9 @@ pub fn parse_count(text: &str) -> Result<u64, String> {
         return Ok(n);
     }
     match digits.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 && (v * scale) <= u64::MAX as f64 && (v * scale).fract() == 0.0 => {
+        Ok(v)
+            if v.is_finite() && v >= 0.0 && (v * scale) <= u64::MAX as f64 && (v * scale).fract() == 0.0 =>
+        {
             Ok((v * scale) as u64)
         }
         _ => Err(format!("{text:?} is not a count (digits, optionally with k, M or G)")),

@@ -223,7 +223,8 @@ impl<'de> Deserialize<'de> for RuleDef {
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RuleDef, A::Error> {
                 let raw = RawRule::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
                 let text = raw.text();
-                rules::parse_rule(&text).map_err(|e| A::Error::custom(format!("rule {}: {}", raw.number, e.message)))?;
+                rules::parse_rule(&text)
+                    .map_err(|e| A::Error::custom(format!("rule {}: {}", raw.number, e.message)))?;
                 Ok(RuleDef(text))
             }
         }
@@ -236,9 +237,7 @@ struct ActionDef(Action);
 
 impl<'de> Deserialize<'de> for ActionDef {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked_str(d, "accept or reject", |s| {
-            rules::parse_action(s).map(ActionDef).map_err(|e| e.message)
-        })
+        checked_str(d, "accept or reject", |s| rules::parse_action(s).map(ActionDef).map_err(|e| e.message))
     }
 }
 

@@ -9,9 +9,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
-use mirror_common::{
-    FILTER_SPEC_LEN, FilterSpec, SessionConfig, select_flags, selector_flags, slot_flags,
-};
+use mirror_common::{FILTER_SPEC_LEN, FilterSpec, SessionConfig, select_flags, selector_flags, slot_flags};
 
 use crate::{
     error::InputError,
@@ -136,7 +134,14 @@ pub fn selector_of(config: &SessionConfig, program: Option<&Program>, start: u32
         bps => {
             let fp = ((u128::from(NS) << 16) / u128::from(bps)).max(1) as u64;
             let burst = u64::from(config.burst_bytes);
-            (fp, if burst == 0 { DEFAULT_BURST_NS } else { (u128::from(burst) * u128::from(fp) >> 16) as u64 })
+            (
+                fp,
+                if burst == 0 {
+                    DEFAULT_BURST_NS
+                } else {
+                    ((u128::from(burst) * u128::from(fp)) >> 16) as u64
+                },
+            )
         }
     };
     mirror_common::Selector {
@@ -274,7 +279,10 @@ impl SelectOptions {
         };
         let rules = if self.rules.is_empty() {
             if self.default_action.is_some() {
-                return Err(conflict("--default-action needs at least one --rule", &["--default-action", "--rule"]));
+                return Err(conflict(
+                    "--default-action needs at least one --rule",
+                    &["--default-action", "--rule"],
+                ));
             }
             None
         } else {
@@ -282,8 +290,9 @@ impl SelectOptions {
             for text in &self.rules {
                 parsed.push(rules::parse_rule(text).map_err(|e| invalid("--rule", text, e))?);
             }
-            let set = rules::validate(parsed, self.default_action.unwrap_or_default())
-                .map_err(|e| InputError::InvalidFilter { what: "rules".to_owned(), rendered: e.to_string() })?;
+            let set = rules::validate(parsed, self.default_action.unwrap_or_default()).map_err(|e| {
+                InputError::InvalidFilter { what: "rules".to_owned(), rendered: e.to_string() }
+            })?;
             Some(set)
         };
         let selection = Selection { rules, expr };
@@ -292,7 +301,10 @@ impl SelectOptions {
         let text = canonical_text(&selection);
         pack_text(&text).map_err(|e| InputError::Conflict(format!("{e:#}")))?;
         if self.sample.is_some() && self.sample_flow.is_some() {
-            return Err(conflict("--sample and --sample-flow exclude each other", &["--sample-flow", "--sample"]));
+            return Err(conflict(
+                "--sample and --sample-flow exclude each other",
+                &["--sample-flow", "--sample"],
+            ));
         }
         let sample_every = match (self.sample, self.sample_flow) {
             (Some(n), _) => in_range("--sample", n, 1, SAMPLE_MAX)?,
@@ -380,7 +392,8 @@ mod tests {
 
     #[test]
     fn rates_become_gcra_intervals() {
-        let config = SessionConfig { rate_limit_pps: 50_000, rate_limit_bps: 125_000_000, ..SessionConfig::EMPTY };
+        let config =
+            SessionConfig { rate_limit_pps: 50_000, rate_limit_bps: 125_000_000, ..SessionConfig::EMPTY };
         let s = selector_of(&config, None, 0);
         assert_eq!(s.ns_per_packet, 20_000);
         assert_eq!(s.packet_tolerance_ns, DEFAULT_BURST_NS);

@@ -16,8 +16,8 @@ use aya::{
 use mirror_common::{
     Counter, DirectionCounters, EntryRef, FilterInsn, FilterSpec, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
     MAX_SOURCE_HOOKS, NO_ENTRY, RateState, SESSION_NAME_LEN, SOURCE_ENTRY_COUNT, Selector, SessionConfig,
-    SessionSlot, SourceEntry, SourceKey, counter_index, direction, entry_flags, names, reason, selector_index,
-    session_flags, slot_flags, source_index,
+    SessionSlot, SourceEntry, SourceKey, counter_index, direction, entry_flags, names, reason,
+    selector_index, session_flags, slot_flags, source_index,
 };
 
 use crate::{
@@ -530,7 +530,14 @@ impl Store {
                 let select_text = self.select_text(id, &config)?;
                 by_id.insert(
                     id,
-                    Session { id, config, sources: Vec::new(), taps: Vec::new(), stale_slots: false, select_text },
+                    Session {
+                        id,
+                        config,
+                        sources: Vec::new(),
+                        taps: Vec::new(),
+                        stale_slots: false,
+                        select_text,
+                    },
                 );
             }
         }
@@ -624,7 +631,9 @@ impl Store {
         if select.text.is_empty() {
             self.remove_spec(index)?;
         } else {
-            self.specs.insert(index, selection::pack_text(&select.text)?, 0).context("writing FILTER_SPECS")?;
+            self.specs
+                .insert(index, selection::pack_text(&select.text)?, 0)
+                .context("writing FILTER_SPECS")?;
         }
         if !fresh {
             // The bank in use until now: readers may remain until a grace period.
@@ -760,7 +769,12 @@ impl Store {
     ///
     /// A changed selection (`select`) is written into the bank the slots do
     /// not use; `config` is pointed at it.
-    pub fn update_session(&mut self, id: u32, config: &SessionConfig, select: Option<&SelectSpec>) -> Result<()> {
+    pub fn update_session(
+        &mut self,
+        id: u32,
+        config: &SessionConfig,
+        select: Option<&SelectSpec>,
+    ) -> Result<()> {
         let mut config = *config;
         if let Some(select) = select {
             self.write_selection(id, &mut config, select, false)?;

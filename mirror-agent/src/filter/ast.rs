@@ -161,7 +161,12 @@ pub enum Arith {
     /// `len`: the frame's length.
     Len,
     /// `proto[index]`, `proto[index:size]` (size 1, 2 or 4).
-    Load { base: LoadBase, index: Box<Arith>, size: u8, span: Span },
+    Load {
+        base: LoadBase,
+        index: Box<Arith>,
+        size: u8,
+        span: Span,
+    },
     Binary(ArithOp, Box<Arith>, Box<Arith>),
     /// Unary minus.
     Neg(Box<Arith>),

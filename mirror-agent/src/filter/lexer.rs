@@ -563,7 +563,7 @@ fn num_len(s: &[u8]) -> usize {
 }
 
 /// A number as libpcap's `stou` reads it.
-pub fn parse_num(word: &str) -> Result<u32, String> {
+fn parse_num(word: &str) -> Result<u32, String> {
     let overflow = || format!("number {word} does not fit in 32 bits");
     let (digits, radix) = if let Some(h) = word.strip_prefix("0x").or_else(|| word.strip_prefix("0X")) {
         (h, 16)
@@ -575,10 +575,10 @@ pub fn parse_num(word: &str) -> Result<u32, String> {
     } else {
         (word, 10)
     };
-    digits.bytes().try_fold(0u32, |v, b| {
-        v.checked_mul(radix)?.checked_add(u32::from(hex_val(b)))
-    })
-    .ok_or_else(overflow)
+    digits
+        .bytes()
+        .try_fold(0u32, |v, b| v.checked_mul(radix)?.checked_add(u32::from(hex_val(b))))
+        .ok_or_else(overflow)
 }
 
 /// libpcap's HID: `N.N`, `N.N.N` or `N.N.N.N`.
@@ -635,7 +635,8 @@ fn v6_len(s: &[u8]) -> usize {
         return 0;
     }
     // (groups before `::`, groups after `::` or None without `::`, IPv4 tail)
-    let mut best = [(8, None, false), (6, None, true)].iter().filter_map(|&(b, a, v4)| match_v6(s, b, a, v4)).max();
+    let mut best =
+        [(8, None, false), (6, None, true)].iter().filter_map(|&(b, a, v4)| match_v6(s, b, a, v4)).max();
     for total in 0..=7 {
         for before in 0..=total {
             for v4 in [false, true] {
@@ -727,11 +728,10 @@ mod tests {
 
     #[test]
     fn numbers_follow_stou() {
-        assert_eq!(kinds("0x1F 010 4294967295")[..3].iter().map(|t| t.0.clone()).collect::<Vec<_>>(), [
-            Tok::Num(31),
-            Tok::Num(8),
-            Tok::Num(u32::MAX)
-        ]);
+        assert_eq!(
+            kinds("0x1F 010 4294967295")[..3].iter().map(|t| t.0.clone()).collect::<Vec<_>>(),
+            [Tok::Num(31), Tok::Num(8), Tok::Num(u32::MAX)]
+        );
         assert!(matches!(kinds("4294967296")[0].0, Tok::Bad(_)));
         assert!(matches!(kinds("08")[0].0, Tok::Bad(_)));
     }

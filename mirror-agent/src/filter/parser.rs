@@ -21,12 +21,26 @@
 //! Limits (so that no input can exhaust the stack here or in the passes
 //! that walk the tree): [`MAX_NESTING`] levels of parentheses and
 //! brackets, [`MAX_OPERATORS`] operators.
+//!
+//! Where the result differs from libpcap's: names are never resolved
+//! (hosts, networks, ports, Ethernet hosts; protocol names for `proto` are
+//! a fixed table); an empty filter, `ip broadcast` (it needs the capture's
+//! netmask), a non-contiguous `mask`, `ip proto` over 255 and `ether proto`
+//! over 65535 (libpcap accepts them and matches nothing), a `portrange`
+//! with trailing junk (`1-2abc`) and the keywords of other link types and
+//! features (`gateway`, `mpls`, `llc`, `inbound`, ...) are errors; libpcap's
+//! refusal of an operand whose first instruction loads 0 (`len / tcp[0]`)
+//! or a shift over 31 (`len >> (40 - 20)`) is not reproduced. `ip multicast` reads as `ip and ip[16] >= 224`,
+//! `ip6 multicast` as `ip6 and ip6[24] = 255`, `igrp` as `ip proto 9` and
+//! `carp` as `vrrp` (the same code in libpcap); `host 10.1` is the network
+//! 10.1.0.0/16, as libpcap reads it.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{
     FilterError,
     ast::{
-        Arith, ArithOp, Dir, Expr, HostProto, LoadBase, PortProto, Prim, ProtoBase, ProtoName, Rel, RelOp, Span,
+        Arith, ArithOp, Dir, Expr, HostProto, LoadBase, PortProto, Prim, ProtoBase, ProtoName, Rel, RelOp,
+        Span,
     },
     lexer::{self, Kw, Op, Tok, Token},
 };
@@ -221,7 +235,10 @@ impl<'a> Parser<'a> {
     fn count_operator(&mut self, span: Span) -> Result<()> {
         self.operators += 1;
         if self.operators > MAX_OPERATORS {
-            return Err(err(span, format!("more than {MAX_OPERATORS} operators: the expression is too complex")));
+            return Err(err(
+                span,
+                format!("more than {MAX_OPERATORS} operators: the expression is too complex"),
+            ));
         }
         Ok(())
     }
@@ -255,7 +272,9 @@ impl<'a> Parser<'a> {
         let t = self.peek();
         match &t.tok {
             Tok::Bad(_) | Tok::Unsupported => self.err_expected(""),
-            Tok::Kw(Kw::Mask) => self.err_here("`mask` follows an IPv4 network: `net 10.0.0.0 mask 255.0.0.0`"),
+            Tok::Kw(Kw::Mask) => {
+                self.err_here("`mask` follows an IPv4 network: `net 10.0.0.0 mask 255.0.0.0`")
+            }
             Tok::Kw(_) | Tok::Num(_) | Tok::Hid | Tok::Hid6(_) | Tok::Eid(_) | Tok::Id | Tok::Aid => {
                 self.err_here(format!("expected `and` or `or` before `{}`", t.text))
             }
@@ -265,7 +284,10 @@ impl<'a> Parser<'a> {
             }
             Tok::Op(_) if self.pos > 0 && QProto::of_tok(self.tok_at(self.pos - 1)).is_some() => {
                 let name = self.toks[self.pos - 1].text;
-                self.err_here(format!("unexpected `{}`: to compare `{name}` header bytes, load them: `{name}[0]`", t.text))
+                self.err_here(format!(
+                    "unexpected `{}`: to compare `{name}` header bytes, load them: `{name}[0]`",
+                    t.text
+                ))
             }
             _ => self.err_here(format!("unexpected `{}`", t.text)),
         }
@@ -441,7 +463,9 @@ impl<'a> Parser<'a> {
                 let rel = Expr::Rel(Rel { op, lhs: load, rhs: Arith::Num(value) }, span);
                 Ok(Expr::And(Expr::Prim(Prim::Proto(name), span).into(), rel.into()))
             }
-            (Some(p), true) => Err(err(span, format!("`{} broadcast` is not valid: use `ether broadcast`", p.name()))),
+            (Some(p), true) => {
+                Err(err(span, format!("`{} broadcast` is not valid: use `ether broadcast`", p.name())))
+            }
             (Some(p), false) => Err(err(
                 span,
                 format!(
@@ -464,7 +488,9 @@ impl<'a> Parser<'a> {
                 let j = self.bump();
                 if self.peek().tok != Tok::Kw(other) {
                     let other = if other == Kw::Src { "src" } else { "dst" };
-                    return Err(self.err_expected(format!("expected `{other}` after `{} {}`", t.text, j.text)));
+                    return Err(
+                        self.err_expected(format!("expected `{other}` after `{} {}`", t.text, j.text))
+                    );
                 }
                 self.bump();
                 dir = Some(if join == Kw::And { Dir::SrcAndDst } else { Dir::SrcOrDst });
@@ -476,7 +502,8 @@ impl<'a> Parser<'a> {
             Tok::Kw(Kw::Port) => Some(QAddr::Port),
             Tok::Kw(Kw::Portrange) => Some(QAddr::PortRange),
             Tok::Kw(Kw::Proto) if dir.is_some() => {
-                return Err(self.err_here("`proto` takes no direction: the protocol field is neither `src` nor `dst`"));
+                return Err(self
+                    .err_here("`proto` takes no direction: the protocol field is neither `src` nor `dst`"));
             }
             Tok::Kw(Kw::Proto) => Some(QAddr::Proto),
             Tok::Unsupported => return Err(self.unsupported()),
@@ -623,10 +650,16 @@ impl<'a> Parser<'a> {
                 self.bump();
                 let q = self.qual(q, t.span)?;
                 if q.proto != Some(QProto::Link) {
-                    return Err(err(t.span, format!("a MAC address needs `ether`: write `ether host {}`", t.text)));
+                    return Err(err(
+                        t.span,
+                        format!("a MAC address needs `ether`: write `ether host {}`", t.text),
+                    ));
                 }
                 if !matches!(q.addr, None | Some(QAddr::Host)) {
-                    return Err(err(t.span, "a MAC address goes with `ether host`, `ether src` or `ether dst`"));
+                    return Err(err(
+                        t.span,
+                        "a MAC address goes with `ether host`, `ether src` or `ether dst`",
+                    ));
                 }
                 let dir = q.dir.unwrap_or_default();
                 Ok(Expr::Prim(Prim::EtherHost { dir, mac }, span_from(t.span.end)))
@@ -645,13 +678,13 @@ impl<'a> Parser<'a> {
             _ => {
                 let what = q.map_or("a value", |q| q.wants());
                 let prev = self.pos.checked_sub(1).map_or("", |i| self.toks[i].text);
-                if let (Some(Qual { addr: Some(QAddr::Proto), .. }), Tok::Kw(_)) = (q, &t.tok) {
-                    if lookup_proto(q.and_then(|q| q.proto), t.text).is_some() {
-                        return Err(self.err_here(format!(
-                            "`{0}` is a keyword here: write `\\{0}` for the protocol name",
-                            t.text
-                        )));
-                    }
+                if let (Some(Qual { addr: Some(QAddr::Proto), .. }), Tok::Kw(_)) = (q, &t.tok)
+                    && lookup_proto(q.and_then(|q| q.proto), t.text).is_some()
+                {
+                    return Err(self.err_here(format!(
+                        "`{0}` is a keyword here: write `\\{0}` for the protocol name",
+                        t.text
+                    )));
                 }
                 Err(self.err_expected(format!("expected {what} after `{prev}`")))
             }
@@ -697,7 +730,10 @@ impl<'a> Parser<'a> {
             Tok::Num(_) => "port",
             _ => "host",
         };
-        err(span, format!("`{0}` needs a qualifier, e.g. `{example} {0}`; there is none to inherit here", t.text))
+        err(
+            span,
+            format!("`{0}` needs a qualifier, e.g. `{example} {0}`; there is none to inherit here", t.text),
+        )
     }
 
     /// A number read as a value (libpcap's `gen_ncode` with no string).
@@ -812,10 +848,10 @@ impl<'a> Parser<'a> {
         };
         let end = self.prev_end();
         let span = Span::new(start.unwrap_or(t.span.start), end);
-        if let Some((whole, text)) = whole {
-            if q.addr != Some(QAddr::Net) {
-                return Err(err(whole, format!("`{text}` is a network: write `net {text}`")));
-            }
+        if let Some((whole, text)) = whole
+            && q.addr != Some(QAddr::Net)
+        {
+            return Err(err(whole, format!("`{text}` is a network: write `net {text}`")));
         }
         self.host4(q, Ipv4Addr::from(n), len, t.span, span)
     }
@@ -850,7 +886,9 @@ impl<'a> Parser<'a> {
         let dir = q.dir.unwrap_or_default();
         let addr_ip = IpAddr::V6(addr);
         let prim = match q.addr {
-            None | Some(QAddr::Host) if len == 128 => Prim::Host { proto: HostProto::Any, dir, addr: addr_ip },
+            None | Some(QAddr::Host) if len == 128 => {
+                Prim::Host { proto: HostProto::Any, dir, addr: addr_ip }
+            }
             None | Some(QAddr::Host) => {
                 let text = self.text_of(whole);
                 return Err(err(whole, format!("`{text}` is a network: write `net {text}`")));
@@ -862,9 +900,14 @@ impl<'a> Parser<'a> {
             None => HostProto::Any,
             Some(QProto::Ip6) => HostProto::Ip6,
             Some(p @ (QProto::Ip | QProto::Arp | QProto::Rarp)) => {
-                return Err(err(t.span, format!("`{}` does not go with the IPv6 address `{addr}`", p.name())));
+                return Err(err(
+                    t.span,
+                    format!("`{}` does not go with the IPv6 address `{addr}`", p.name()),
+                ));
             }
-            Some(QProto::Link) => return Err(err(t.span, format!("`ether` needs a MAC address, not `{addr}`"))),
+            Some(QProto::Link) => {
+                return Err(err(t.span, format!("`ether` needs a MAC address, not `{addr}`")));
+            }
             Some(p) => return Err(err(t.span, host_proto_message(p, q.addr))),
         };
         let prim = match prim {
@@ -887,7 +930,10 @@ impl<'a> Parser<'a> {
         let dir = q.dir.unwrap_or_default();
         let prim = match q.addr {
             Some(QAddr::Net) => {
-                return Err(err(t.span, "network names are not resolved: use a numeric network (e.g. 10.0.0.0/8)"));
+                return Err(err(
+                    t.span,
+                    "network names are not resolved: use a numeric network (e.g. 10.0.0.0/8)",
+                ));
             }
             None | Some(QAddr::Host) if q.proto == Some(QProto::Link) => {
                 return Err(err(t.span, "Ethernet host names are not resolved: use a MAC address"));
@@ -907,7 +953,9 @@ impl<'a> Parser<'a> {
                 let Some((lo, hi)) = port_range(name) else {
                     return Err(err(
                         t.span,
-                        format!("`{name}` is not a port range: write LO-HI with numbers (names are not resolved)"),
+                        format!(
+                            "`{name}` is not a port range: write LO-HI with numbers (names are not resolved)"
+                        ),
                     ));
                 };
                 for p in [lo, hi] {
@@ -944,13 +992,13 @@ impl<'a> Parser<'a> {
         if lower != word && (lexer::is_keyword(&lower) || lexer::CONSTANTS.iter().any(|(w, _)| *w == lower)) {
             return self.err_here(format!("unknown keyword `{word}` (keywords are lowercase: `{lower}`)"));
         }
-        if let Some((head, _)) = word.split_once('-') {
-            if head.bytes().all(|b| b.is_ascii_digit()) || lexer::is_keyword(head) {
-                return self.err_here(format!(
-                    "unknown keyword `{word}` (a `-` between words or numbers joins them: \
-                     put spaces around `-` to subtract)"
-                ));
-            }
+        if let Some((head, _)) = word.split_once('-')
+            && (head.bytes().all(|b| b.is_ascii_digit()) || lexer::is_keyword(head))
+        {
+            return self.err_here(format!(
+                "unknown keyword `{word}` (a `-` between words or numbers joins them: \
+                 put spaces around `-` to subtract)"
+            ));
         }
         if let Some(best) = suggestion(word) {
             return self.err_here(format!("unknown keyword `{word}` (did you mean `{best}`?)"));
@@ -1046,17 +1094,8 @@ impl<'a> Parser<'a> {
             let v = match op {
                 StackOp::Neg => Arith::Neg(rhs.into()),
                 StackOp::Bin(op, span) => {
-                    // libpcap refuses a constant divisor of 0 and a constant
-                    // shift past 31 (gen_arth, and its optimizer once folded).
-                    match (op, const_value(&rhs)) {
-                        (ArithOp::Div, Some(0)) => return Err(err(span, "division by zero")),
-                        (ArithOp::Mod, Some(0)) => return Err(err(span, "modulus by zero")),
-                        (ArithOp::Shl | ArithOp::Shr, Some(n)) if n > 31 => {
-                            return Err(err(span, format!("shift by {n}: more than 31 bits")));
-                        }
-                        _ => {}
-                    }
                     let lhs = vals.pop().unwrap_or(Arith::Num(0));
+                    check_constant_operand(op, &lhs, &rhs, span)?;
                     Arith::Binary(op, lhs.into(), rhs.into())
                 }
             };
@@ -1090,7 +1129,9 @@ impl<'a> Parser<'a> {
                 let reduce_it = match (top, la) {
                     (_, None) => true,
                     (StackOp::Neg, Some(la)) => prec(la).is_some(),
-                    (StackOp::Bin(top, _), Some(la)) => matches!((prec(top), prec(la)), (Some(a), Some(b)) if a >= b),
+                    (StackOp::Bin(top, _), Some(la)) => {
+                        matches!((prec(top), prec(la)), (Some(a), Some(b)) if a >= b)
+                    }
                 };
                 if !reduce_it {
                     break;
@@ -1166,7 +1207,10 @@ impl<'a> Parser<'a> {
                 return Err(err(t.span, "`igrp[...]` is not supported by mirror-agent filters"));
             }
             QProto::Ah | QProto::Esp => {
-                return Err(err(t.span, format!("`{}[...]` is not valid: libpcap has no loads relative to it", t.text)));
+                return Err(err(
+                    t.span,
+                    format!("`{}[...]` is not valid: libpcap has no loads relative to it", t.text),
+                ));
             }
         };
         let open = self.open()?;
@@ -1195,6 +1239,24 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// What libpcap refuses in arithmetic: a divisor that is constant 0
+/// (code generation and constant folding both check), and a constant
+/// shift over 31, unless both operands are constants (they fold to 0).
+/// Not reproduced: libpcap also refuses an operand whose first
+/// instruction loads such a constant (`len / tcp[0]`, `x >> (40 - 20)`).
+fn check_constant_operand(op: ArithOp, lhs: &Arith, rhs: &Arith, span: Span) -> Result<()> {
+    match (op, const_value(rhs)) {
+        (ArithOp::Div, Some(0)) => Err(err(span, "division by zero")),
+        (ArithOp::Mod, Some(0)) => Err(err(span, "modulus by zero")),
+        (ArithOp::Shl | ArithOp::Shr, Some(n))
+            if n > 31 && (const_value(lhs).is_none() || matches!(rhs, Arith::Num(_))) =>
+        {
+            Err(err(span, format!("shift by {n}: more than 31 bits")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The value of constant arithmetic (no loads, no `len`).
 fn const_value(a: &Arith) -> Option<u32> {
     Some(match a {
@@ -1212,8 +1274,9 @@ fn const_value(a: &Arith) -> Option<u32> {
                 ArithOp::And => a & b,
                 ArithOp::Or => a | b,
                 ArithOp::Xor => a ^ b,
-                ArithOp::Shl => a.checked_shl(b).unwrap_or(0),
-                ArithOp::Shr => a.checked_shr(b).unwrap_or(0),
+                // Past 31, C leaves it undefined: unknown.
+                ArithOp::Shl => a.checked_shl(b)?,
+                ArithOp::Shr => a.checked_shr(b)?,
             }
         }
     })
@@ -1228,7 +1291,10 @@ fn port_proto(q: Qual, addr: QAddr, at: Span) -> Result<PortProto> {
         Some(QProto::Sctp) => PortProto::Sctp,
         Some(p) => {
             let kw = if addr == QAddr::Port { "port" } else { "portrange" };
-            return Err(err(at, format!("`{} {kw}` is not valid: `{kw}` takes `tcp`, `udp` or `sctp`", p.name())));
+            return Err(err(
+                at,
+                format!("`{} {kw}` is not valid: `{kw}` takes `tcp`, `udp` or `sctp`", p.name()),
+            ));
         }
     })
 }
@@ -1251,7 +1317,10 @@ fn proto_number(q: Qual, v: u32, at: Span, span: Span) -> Result<Expr> {
         Some(p) => {
             return Err(err(
                 at,
-                format!("`{} proto` is not valid: use `proto`, `ip proto`, `ip6 proto` or `ether proto`", p.name()),
+                format!(
+                    "`{} proto` is not valid: use `proto`, `ip proto`, `ip6 proto` or `ether proto`",
+                    p.name()
+                ),
             ));
         }
     };
@@ -1461,11 +1530,56 @@ fn lookup_proto(proto: Option<QProto>, name: &str) -> Option<u32> {
 /// The keyword `word` is most likely a typo of, if any.
 fn suggestion(word: &str) -> Option<&'static str> {
     const WORDS: &[&str] = &[
-        "host", "net", "port", "portrange", "proto", "src", "dst", "ether", "ip", "ip6", "arp", "rarp", "tcp",
-        "udp", "sctp", "icmp", "icmp6", "igmp", "pim", "vrrp", "ah", "esp", "vlan", "broadcast", "multicast",
-        "mask", "and", "or", "not", "len", "less", "greater", "tcpflags", "icmptype", "icmpcode", "icmp6type",
-        "icmp6code", "tcp-fin", "tcp-syn", "tcp-rst", "tcp-push", "tcp-ack", "tcp-urg", "tcp-ece", "tcp-cwr",
-        "icmp-echo", "icmp-echoreply", "icmp-unreach", "icmp6-echo", "icmp6-echoreply",
+        "host",
+        "net",
+        "port",
+        "portrange",
+        "proto",
+        "src",
+        "dst",
+        "ether",
+        "ip",
+        "ip6",
+        "arp",
+        "rarp",
+        "tcp",
+        "udp",
+        "sctp",
+        "icmp",
+        "icmp6",
+        "igmp",
+        "pim",
+        "vrrp",
+        "ah",
+        "esp",
+        "vlan",
+        "broadcast",
+        "multicast",
+        "mask",
+        "and",
+        "or",
+        "not",
+        "len",
+        "less",
+        "greater",
+        "tcpflags",
+        "icmptype",
+        "icmpcode",
+        "icmp6type",
+        "icmp6code",
+        "tcp-fin",
+        "tcp-syn",
+        "tcp-rst",
+        "tcp-push",
+        "tcp-ack",
+        "tcp-urg",
+        "tcp-ece",
+        "tcp-cwr",
+        "icmp-echo",
+        "icmp-echoreply",
+        "icmp-unreach",
+        "icmp6-echo",
+        "icmp6-echoreply",
     ];
     if word.len() < 2 || word.len() > 40 {
         return None;
@@ -1486,8 +1600,8 @@ fn distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
@@ -1526,7 +1640,11 @@ mod tests {
         ("ether host foo", 12, "Ethernet host names are not resolved: use a MAC address"),
         ("tcp dst port https", 14, "port names are not resolved: use a number"),
         ("port 80-90", 6, "`80-90` is a range: write `portrange 80-90`"),
-        ("portrange 1-2abc", 11, "`1-2abc` is not a port range: write LO-HI with numbers (names are not resolved)"),
+        (
+            "portrange 1-2abc",
+            11,
+            "`1-2abc` is not a port range: write LO-HI with numbers (names are not resolved)",
+        ),
         ("port 70000", 6, "port 70000 is out of range (0..=65535)"),
         ("portrange 1-70000", 11, "port 70000 is out of range (0..=65535)"),
         ("vlan 5000", 6, "VLAN ID 5000 is out of range (0..=4095)"),
@@ -1534,7 +1652,11 @@ mod tests {
         ("net ::/129", 8, "prefix length 129 is out of range (0..=128)"),
         ("net 10.1.2.3/16", 5, "`10.1.2.3/16` has host bits set (the network is 10.1.0.0/16)"),
         ("net 2001:db8::1/32", 5, "`2001:db8::1/32` has host bits set (the network is 2001:db8::/32)"),
-        ("net 10.0.0.1 mask 255.0.0.0", 5, "`10.0.0.1 mask 255.0.0.0` has host bits set (the network is 10.0.0.0/8)"),
+        (
+            "net 10.0.0.1 mask 255.0.0.0",
+            5,
+            "`10.0.0.1 mask 255.0.0.0` has host bits set (the network is 10.0.0.0/8)",
+        ),
         (
             "net 10.0.0.0 mask 255.0.255.0",
             19,
@@ -1572,7 +1694,11 @@ mod tests {
         ("ip proto tcp", 10, "`tcp` is a keyword here: write `\\tcp` for the protocol name"),
         ("ip proto \\foo", 10, "unknown protocol name `foo`"),
         ("ip proto 300", 10, "protocol 300 is out of range (0..=255)"),
-        ("tcp proto 6", 11, "`tcp proto` is not valid: use `proto`, `ip proto`, `ip6 proto` or `ether proto`"),
+        (
+            "tcp proto 6",
+            11,
+            "`tcp proto` is not valid: use `proto`, `ip proto`, `ip6 proto` or `ether proto`",
+        ),
         ("src proto 6", 5, "`proto` takes no direction: the protocol field is neither `src` nor `dst`"),
         ("ip port 80", 9, "`ip port` is not valid: `port` takes `tcp`, `udp` or `sctp`"),
         ("tcp host 1.2.3.4", 10, "`tcp host` is not valid: `host` takes `ip`, `ip6`, `arp` or `rarp`"),
@@ -1597,6 +1723,7 @@ mod tests {
         ("09 = 1", 1, "number 09 has a leading 0 (octal) but a digit 8 or 9"),
         ("len / 0 = 1", 5, "division by zero"),
         ("len >> 32 = 1", 5, "shift by 32: more than 31 bits"),
+        ("len % (2 - 2) = 0", 5, "modulus by zero"),
         ("src and tcp", 9, "expected `dst` after `src and`"),
         ("host", 5, "expected an address after `host`"),
         ("tcp \"port\" 80", 5, "unexpected quote `\"`: the filter is one expression, without quotes inside"),
@@ -1622,7 +1749,10 @@ mod tests {
         ("ip", "ip"),
         ("ip6 or arp or rarp", "ip6 or arp or rarp"),
         ("tcp || udp || sctp", "tcp or udp or sctp"),
-        ("icmp or icmp6 or igmp or pim or vrrp or ah or esp", "icmp or icmp6 or igmp or pim or vrrp or ah or esp"),
+        (
+            "icmp or icmp6 or igmp or pim or vrrp or ah or esp",
+            "icmp or icmp6 or igmp or pim or vrrp or ah or esp",
+        ),
         ("igrp or carp", "ip proto 9 or vrrp"),
         // VLAN.
         ("vlan", "vlan"),
@@ -1701,7 +1831,10 @@ mod tests {
         ("not host 1.1.1.1 and 2.2.2.2", "not host 1.1.1.1 and host 2.2.2.2"),
         ("src host 1.1.1.1 or 2.2.2.2", "src host 1.1.1.1 or src host 2.2.2.2"),
         ("tcp port 80 or 443", "tcp port 80 or tcp port 443"),
-        ("tcp src port 80 or 443 and not 22", "(tcp src port 80 or tcp src port 443) and not tcp src port 22"),
+        (
+            "tcp src port 80 or 443 and not 22",
+            "(tcp src port 80 or tcp src port 443) and not tcp src port 22",
+        ),
         ("port 80 and (443 or (8080))", "port 80 and (port 443 or port 8080)"),
         ("host (1.1.1.1 or 2.2.2.2)", "host 1.1.1.1 or host 2.2.2.2"),
         ("host not 1.1.1.1", "not host 1.1.1.1"),
@@ -1709,7 +1842,10 @@ mod tests {
         ("host 1.1.1.1 and (tcp) or 2.2.2.2", "(host 1.1.1.1 and tcp) or host 2.2.2.2"),
         ("host 1.1.1.1 or 5", "host 1.1.1.1 or host 0.0.0.5"),
         ("net 10.0.0.0/8 or 11.0.0.0", "net 10.0.0.0/8 or net 11.0.0.0/32"),
-        ("ether src 1:2:3:4:5:6 or 0a0b0c0d0e0f", "ether src 01:02:03:04:05:06 or ether src 0a:0b:0c:0d:0e:0f"),
+        (
+            "ether src 1:2:3:4:5:6 or 0a0b0c0d0e0f",
+            "ether src 01:02:03:04:05:06 or ether src 0a:0b:0c:0d:0e:0f",
+        ),
         ("ip proto 6 or 17", "ip proto 6 or ip proto 17"),
         ("port 53 and udp or 1 + 1 = 2", "(port 53 and udp) or 1 + 1 = 2"),
         ("port 80 or (1) + 1 = 2", "port 80 or 1 + 1 = 2"),
@@ -1745,7 +1881,10 @@ mod tests {
         assert_eq!(prim(r), &Prim::Proto(ProtoName::Icmp));
 
         let e = parse("tcp dst port 443").unwrap();
-        assert_eq!(e, Expr::Prim(Prim::Port { proto: PortProto::Tcp, dir: Dir::Dst, port: 443 }, Span::new(0, 16)));
+        assert_eq!(
+            e,
+            Expr::Prim(Prim::Port { proto: PortProto::Tcp, dir: Dir::Dst, port: 443 }, Span::new(0, 16))
+        );
         let e = parse("src net 10.0.0.0 mask 255.0.0.0").unwrap();
         let addr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0));
         let net = Prim::Net { proto: HostProto::Any, dir: Dir::Src, addr, prefix_len: 8 };
@@ -1758,12 +1897,15 @@ mod tests {
         assert_eq!(span, Span::new(0, 21));
         let Arith::Binary(ArithOp::And, load, mask) = rel.lhs else { panic!() };
         assert_eq!(*mask, Arith::Num(0x12));
-        assert_eq!(*load, Arith::Load {
-            base: LoadBase::Transport(ProtoName::Tcp),
-            index: Arith::Num(13).into(),
-            size: 2,
-            span: Span::new(0, 9),
-        });
+        assert_eq!(
+            *load,
+            Arith::Load {
+                base: LoadBase::Transport(ProtoName::Tcp),
+                index: Arith::Num(13).into(),
+                size: 2,
+                span: Span::new(0, 9),
+            }
+        );
         let e = parse("ip6[0] = 1 and icmp6[0] = 1 and link[0] = 1 and arp[0] = 1").unwrap();
         let mut bases = Vec::new();
         collect_bases(&e, &mut bases);
@@ -1808,11 +1950,71 @@ mod tests {
     #[test]
     fn token_soup_never_panics_and_round_trips() {
         const WORDS: &[&str] = &[
-            "tcp", "udp", "ip", "ip6", "ether", "vlan", "10", "host", "net", "port", "portrange", "proto", "src",
-            "dst", "and", "or", "not", "(", ")", "[", "]", ":", "2", "=", "!=", "<", ">", "+", "-", "*", "/", "%",
-            "&", "|", "^", "<<", ">>", "len", "1.2.3.4", "10.1", "::1", "2001:db8::", "1:2:3:4:5:6", "1-20",
-            "\\tcp", "foo", "mask", "255.0.0.0", "broadcast", "multicast", "less", "greater", "tcpflags", "0x10",
-            "0", "33", "icmp", "arp", "!", "&&", "||", "é", "$1", "gateway", "2001:db8::1",
+            "tcp",
+            "udp",
+            "ip",
+            "ip6",
+            "ether",
+            "vlan",
+            "10",
+            "host",
+            "net",
+            "port",
+            "portrange",
+            "proto",
+            "src",
+            "dst",
+            "and",
+            "or",
+            "not",
+            "(",
+            ")",
+            "[",
+            "]",
+            ":",
+            "2",
+            "=",
+            "!=",
+            "<",
+            ">",
+            "+",
+            "-",
+            "*",
+            "/",
+            "%",
+            "&",
+            "|",
+            "^",
+            "<<",
+            ">>",
+            "len",
+            "1.2.3.4",
+            "10.1",
+            "::1",
+            "2001:db8::",
+            "1:2:3:4:5:6",
+            "1-20",
+            "\\tcp",
+            "foo",
+            "mask",
+            "255.0.0.0",
+            "broadcast",
+            "multicast",
+            "less",
+            "greater",
+            "tcpflags",
+            "0x10",
+            "0",
+            "33",
+            "icmp",
+            "arp",
+            "!",
+            "&&",
+            "||",
+            "é",
+            "$1",
+            "gateway",
+            "2001:db8::1",
         ];
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = |n: usize| {

@@ -5,8 +5,8 @@
 use std::fmt::{self, Display, Formatter};
 
 use super::ast::{
-    Action, Arith, ArithOp, Dir, Expr, HostProto, LoadBase, PortProto, Prim, ProtoBase, ProtoName, Rel, RelOp,
-    Rule, RuleSet, Span, TcpFlags,
+    Action, Arith, ArithOp, Dir, Expr, HostProto, LoadBase, PortProto, Prim, ProtoBase, ProtoName, Rel,
+    RelOp, Rule, RuleSet, Span, TcpFlags,
 };
 
 impl Display for Expr {
@@ -17,8 +17,13 @@ impl Display for Expr {
                 // Same precedence, left-associative: a left operand of the
                 // same kind needs no parentheses; for clarity, one of the
                 // other kind gets them. A right operand always does.
-                let same = matches!((self, &**a), (Self::And(..), Self::And(..)) | (Self::Or(..), Self::Or(..)));
-                if is_junction(a) && !same { write!(f, "({a})")? } else { write!(f, "{a}")? }
+                let same =
+                    matches!((self, &**a), (Self::And(..), Self::And(..)) | (Self::Or(..), Self::Or(..)));
+                if is_junction(a) && !same {
+                    write!(f, "({a})")?
+                } else {
+                    write!(f, "{a}")?
+                }
                 write!(f, " {op} ")?;
                 if is_junction(b) { write!(f, "({b})") } else { write!(f, "{b}") }
             }
@@ -107,7 +112,9 @@ impl Display for Prim {
             Self::Net { proto, dir, addr, prefix_len } => {
                 write!(f, "{}{}net {addr}/{prefix_len}", host_proto(*proto), dir_prefix(*dir))
             }
-            Self::Port { proto, dir, port } => write!(f, "{}{}port {port}", port_proto(*proto), dir_prefix(*dir)),
+            Self::Port { proto, dir, port } => {
+                write!(f, "{}{}port {port}", port_proto(*proto), dir_prefix(*dir))
+            }
             Self::PortRange { proto, dir, lo, hi } => {
                 write!(f, "{}{}portrange {lo}-{hi}", port_proto(*proto), dir_prefix(*dir))
             }
@@ -201,9 +208,12 @@ impl Expr {
 impl Arith {
     fn without_spans(&self) -> Self {
         match self {
-            Self::Load { base, index, size, .. } => {
-                Self::Load { base: *base, index: index.without_spans().into(), size: *size, span: Span::default() }
-            }
+            Self::Load { base, index, size, .. } => Self::Load {
+                base: *base,
+                index: index.without_spans().into(),
+                size: *size,
+                span: Span::default(),
+            },
             Self::Binary(op, a, b) => Self::Binary(*op, a.without_spans().into(), b.without_spans().into()),
             Self::Neg(a) => Self::Neg(a.without_spans().into()),
             other => other.clone(),

@@ -25,9 +25,13 @@
 //! what it would say if such values did not matter (Kleene logic). An
 //! optimized program may keep such a frame exactly when that answer is
 //! known and true; tcpdump's choice in each case is what the differential
-//! test checks. One such drop is built in because tcpdump always does it:
-//! an address word whose mask is 0 (`net 2001:db8::/32` leaves 3 of each
-//! address's 4 words unmasked) is never loaded.
+//! test checks. The optimizer's effects on arithmetic are built in,
+//! because tcpdump always shows them: what it computes at compile time
+//! ([`known`]: numbers, and `0 * x`, `x & 0`, `0 / x`...) loads nothing; an
+//! address word whose mask is 0 (`net 2001:db8::/32` leaves 3 of each
+//! address's 4 words unmasked) is never loaded; a constant index is folded
+//! into the load's offset modulo 2^32 (`ip[0xffffffff]` is the byte before
+//! the IPv4 header).
 //!
 //! Rules ([`RuleSet`]) are evaluated over the deep parse
 //! ([`mirror_common::parse::parse_fields`]); the selection is "the rules
@@ -80,16 +84,32 @@ pub enum Outcome {
 
 /// What `expr` makes of `frame`.
 pub fn expr_outcome(expr: &Expr, frame: &[u8]) -> Outcome {
-    expr_outcome_with_len(expr, frame, u32::try_from(frame.len()).unwrap_or(u32::MAX))
+    Eval::new(frame, None).outcome(expr)
 }
 
-/// What `expr` makes of a frame of `len` bytes whose loads read `bytes`,
-/// which may go on past `len`: what the program would say if the bytes past
-/// the end had been there (`len`, `greater`, `less` still see `len`).
-pub fn expr_outcome_with_len(expr: &Expr, bytes: &[u8], len: u32) -> Outcome {
-    let mut eval = Eval { frame: bytes, len, shift: 0, stopped: Cell::new(false) };
-    let truth = eval.expr(expr);
-    if eval.stopped.get() { Outcome::Stopped { otherwise: truth } } else { Outcome::Ran(truth == Some(true)) }
+/// What `expr` would say of `frame` had the bytes past its end been there,
+/// if that does not depend on them: `Some(v)` when Kleene logic decides,
+/// or else when every continuation tried runs to the same answer `v`.
+/// Each of `fillers` continues the frame with its own bytes past that
+/// length (a short frame continued as a whole one), then zeros; zeros and
+/// ones alone too. tcpdump's optimized program may keep a frame its
+/// unoptimized one stops on only when this is `Some(true)`.
+pub fn answer_without_missing_bytes(expr: &Expr, frame: &[u8], fillers: &[&[u8]]) -> Option<bool> {
+    match expr_outcome(expr, frame) {
+        Outcome::Ran(v) | Outcome::Stopped { otherwise: Some(v) } => return Some(v),
+        Outcome::Stopped { otherwise: None } => {}
+    }
+    let mut answer = None;
+    let tails = fillers.iter().map(|f| (*f, 0)).chain([(&[][..], 0), (&[][..], 0xff)]);
+    for tail in tails {
+        match Eval::new(frame, Some(tail)).outcome(expr) {
+            Outcome::Ran(v) if answer.is_none_or(|a| a == v) => answer = Some(v),
+            Outcome::Ran(_) => return None,
+            // A division by zero.
+            Outcome::Stopped { .. } => {}
+        }
+    }
+    answer
 }
 
 /// The rules' verdict: the first rule (by number) whose criteria all hold
@@ -115,7 +135,9 @@ fn rule_matches(rule: &Rule, f: &Fields) -> bool {
         && rule.source_ports.is_none_or(|r| ported && in_range(get(field::SRC_PORT), r))
         && rule.destination_ports.is_none_or(|r| ported && in_range(get(field::DST_PORT), r))
         && rule.tcp_flags.is_none_or(|t| {
-            l4 == 6 && get(field::HAS_L4) != 0 && get(field::TCP_FLAGS) & u32::from(t.mask) == u32::from(t.value)
+            l4 == 6
+                && get(field::HAS_L4) != 0
+                && get(field::TCP_FLAGS) & u32::from(t.mask) == u32::from(t.value)
         })
 }
 
@@ -195,6 +217,15 @@ fn or(a: Truth, b: impl FnOnce() -> Truth) -> Truth {
     }
 }
 
+/// `test(p)` for each `p` in turn, `or`ed.
+fn any_of(items: &[u32], test: impl Fn(u32) -> Truth) -> Truth {
+    let mut acc = Some(false);
+    for &p in items {
+        acc = or(acc, || test(p));
+    }
+    acc
+}
+
 fn is(v: Val, want: u32) -> Truth {
     v.map(|v| v == want)
 }
@@ -218,8 +249,9 @@ const IPPROTO_FRAGMENT: u32 = 44;
 
 struct Eval<'a> {
     frame: &'a [u8],
-    /// The frame's length (BPF's wire length).
-    len: u32,
+    /// What the frame is continued with past its end, for the loads that
+    /// would stop the program: bytes at the same offsets, then a fill byte.
+    tail: Option<(&'a [u8], u8)>,
     /// Bytes the `vlan`s seen so far (in the text) add to the link-layer
     /// type and payload offsets.
     shift: u32,
@@ -227,22 +259,45 @@ struct Eval<'a> {
     stopped: Cell<bool>,
 }
 
-impl Eval<'_> {
-    /// `size` bytes at `off`; `None` (and the program stops) past the end.
-    fn load(&self, off: Val, size: u32) -> Val {
-        let v = off.and_then(|off| load_be(self.frame, off, size));
-        if v.is_none() {
-            self.stopped.set(true);
+impl<'a> Eval<'a> {
+    fn new(frame: &'a [u8], tail: Option<(&'a [u8], u8)>) -> Self {
+        Self { frame, tail, shift: 0, stopped: Cell::new(false) }
+    }
+
+    fn outcome(mut self, expr: &Expr) -> Outcome {
+        let truth = self.expr(expr);
+        if self.stopped.get() {
+            Outcome::Stopped { otherwise: truth }
+        } else {
+            Outcome::Ran(truth == Some(true))
         }
-        v
+    }
+
+    /// `size` bytes at `off`; `None` (and the program stops) past the end
+    /// (or at an offset past 2^32), unless the frame is continued.
+    fn load(&self, off: Val, size: u32) -> Val {
+        if let Some(v) = off.and_then(|off| load_be(self.frame, off, size)) {
+            return Some(v);
+        }
+        let Some((bytes, fill)) = self.tail else {
+            self.stopped.set(true);
+            return None;
+        };
+        let byte = |i: u64| {
+            let i = usize::try_from(i).unwrap_or(usize::MAX);
+            u32::from(*self.frame.get(i).or_else(|| bytes.get(i)).unwrap_or(&fill))
+        };
+        let start = off.map_or(u64::MAX - 4, u64::from);
+        Some((start..start + u64::from(size)).fold(0, |v, i| v << 8 | byte(i)))
     }
 
     fn at(&self, off: u32, size: u32) -> Val {
         self.load(Some(off), size)
     }
 
+    /// The frame's length (BPF's wire length).
     fn len(&self) -> u32 {
-        self.len
+        u32::try_from(self.frame.len()).unwrap_or(u32::MAX)
     }
 
     /// Offset of the EtherType (or 802.3 length) field.
@@ -300,12 +355,14 @@ impl Eval<'_> {
         match *p {
             Prim::Proto(name) => self.proto_abbrev(name),
             Prim::Vlan(vid) => {
-                let tagged = or(or(self.linktype(ETHERTYPE_8021Q), || self.linktype(ETHERTYPE_8021AD)), || {
-                    self.linktype(ETHERTYPE_8021QINQ)
-                });
+                let tagged =
+                    or(or(self.linktype(ETHERTYPE_8021Q), || self.linktype(ETHERTYPE_8021AD)), || {
+                        self.linktype(ETHERTYPE_8021QINQ)
+                    });
                 // The VID is in the TCI, at the (current) link-layer payload.
-                let result =
-                    and(tagged, || vid.map_or(Some(true), |v| is(self.net(0, 2).map(|t| t & 0x0fff), u32::from(v))));
+                let result = and(tagged, || {
+                    vid.map_or(Some(true), |v| is(self.net(0, 2).map(|t| t & 0x0fff), u32::from(v)))
+                });
                 self.shift += 4;
                 result
             }
@@ -457,7 +514,9 @@ impl Eval<'_> {
     /// One IPv4 address field per direction at `src_off` / `dst_off` of
     /// the network header, behind the link type `ll`.
     fn host4(&self, ll: u32, src_off: u32, dst_off: u32, dir: Dir, addr: u32, mask: u32) -> Truth {
-        Self::dir(dir, |src| and(self.linktype(ll), || self.masked_word(if src { src_off } else { dst_off }, addr, mask)))
+        Self::dir(dir, |src| {
+            and(self.linktype(ll), || self.masked_word(if src { src_off } else { dst_off }, addr, mask))
+        })
     }
 
     /// `net[off:4] & mask == addr`; a zero mask loads nothing (see the
@@ -489,20 +548,18 @@ impl Eval<'_> {
         let in_range = |port: Val| port.map(|p| (lo..=hi).contains(&p));
         let v6 = || {
             and(self.linktype(ETHERTYPE_IPV6), || {
-                protos.iter().fold(Some(false), |acc, &p| {
-                    or(acc, || {
-                        and(is(self.net(6, 1), p), || Self::dir(dir, |src| in_range(self.net(40 + port_off(src), 2))))
+                any_of(protos, |p| {
+                    and(is(self.net(6, 1), p), || {
+                        Self::dir(dir, |src| in_range(self.net(40 + port_off(src), 2)))
                     })
                 })
             })
         };
         let v4 = || {
             and(self.linktype(ETHERTYPE_IP), || {
-                protos.iter().fold(Some(false), |acc, &p| {
-                    or(acc, || {
-                        and(and(is(self.net(9, 1), p), || self.ip4_first_fragment()), || {
-                            Self::dir(dir, |src| in_range(self.transport4(port_off(src), 2)))
-                        })
+                any_of(protos, |p| {
+                    and(and(is(self.net(9, 1), p), || self.ip4_first_fragment()), || {
+                        Self::dir(dir, |src| in_range(self.transport4(port_off(src), 2)))
                     })
                 })
             })
@@ -552,25 +609,26 @@ impl Eval<'_> {
                     and(and(self.linktype(ETHERTYPE_IP), || self.checks(index)), || self.proto_abbrev(name)),
                     || self.ip4_first_fragment(),
                 ),
-                LoadBase::Icmp6 => and(and(self.checks(index), || self.linktype(ETHERTYPE_IPV6)), || {
-                    is(self.net(6, 1), 58)
-                }),
+                LoadBase::Icmp6 => {
+                    and(and(self.checks(index), || self.linktype(ETHERTYPE_IPV6)), || is(self.net(6, 1), 58))
+                }
             },
         }
     }
 
     /// The value of `a`; every operand is computed (no short circuit).
-    /// Like the optimizer, `x & 0` and `x * 0` are 0 whatever `x` is.
     fn arith(&self, a: &Arith) -> Val {
+        // What the optimizer computes at compile time is never computed
+        // at run time: no load, no division by zero.
+        if let Some(v) = known(a) {
+            return Some(v);
+        }
         match a {
             Arith::Num(n) => Some(*n),
             Arith::Len => Some(self.len()),
             Arith::Neg(x) => self.arith(x).map(u32::wrapping_neg),
             Arith::Binary(op, l, r) => {
                 let (l, r) = (self.arith(l), self.arith(r));
-                if matches!(op, ArithOp::And | ArithOp::Mul) && (l == Some(0) || r == Some(0)) {
-                    return Some(0);
-                }
                 let (l, r) = (l?, r?);
                 let v = match op {
                     ArithOp::Add => l.wrapping_add(r),
@@ -589,16 +647,23 @@ impl Eval<'_> {
             Arith::Load { base, index, size, .. } => {
                 let i = self.arith(index);
                 let size = u32::from(*size);
-                let from = |base: u32| i.and_then(|i| base.checked_add(i));
-                match *base {
-                    LoadBase::Link => self.load(i, size),
-                    LoadBase::Net(_) | LoadBase::Ip6 => self.load(from(self.off_linkpl()), size),
-                    LoadBase::Icmp6 => self.load(from(self.off_linkpl() + 40), size),
-                    LoadBase::Transport(_) => {
-                        let ihl = self.net(0, 1).map(|b| (b & 0xf) * 4);
-                        self.load(ihl.and_then(|ihl| from(self.off_linkpl() + ihl)), size)
-                    }
-                }
+                // The header's offset: the index goes in X (for the
+                // transport header, added to the IPv4 header length by the
+                // 32-bit ALU), the offset in the instruction, and a load
+                // whose X + offset passes the end rejects. A constant index
+                // is folded into the offset by tcpdump's optimizer, modulo
+                // 2^32: `ip[0xffffffff]` reads the byte before the header.
+                let (x, off) = match *base {
+                    LoadBase::Link => (Some(0), 0),
+                    LoadBase::Net(_) | LoadBase::Ip6 => (Some(0), self.off_linkpl()),
+                    LoadBase::Icmp6 => (Some(0), self.off_linkpl() + 40),
+                    LoadBase::Transport(_) => (self.net(0, 1).map(|b| (b & 0xf) * 4), self.off_linkpl()),
+                };
+                let at = match known(index) {
+                    Some(c) => x.and_then(|x| x.checked_add(off.wrapping_add(c))),
+                    None => x.zip(i).and_then(|(x, i)| x.wrapping_add(i).checked_add(off)),
+                };
+                self.load(at, size)
             }
         }
     }
@@ -607,6 +672,57 @@ impl Eval<'_> {
     fn division_by_zero(&self) -> Option<u32> {
         self.stopped.set(true);
         None
+    }
+}
+
+/// The value of `a` when libpcap's optimizer knows it without running
+/// anything: numbers folded (a shift by 32 or more gives 0), and 0 times,
+/// and-ed with, divided, or shifted by anything; `0 * ip[100]` loads
+/// nothing. `None` for a division by a folded 0, which libpcap refuses.
+pub fn known(a: &Arith) -> Option<u32> {
+    match a {
+        Arith::Num(n) => Some(*n),
+        Arith::Len | Arith::Load { .. } => None,
+        Arith::Neg(x) => known(x).map(u32::wrapping_neg),
+        Arith::Binary(op, l, r) => {
+            let (l, r) = (known(l), known(r));
+            match (op, l, r) {
+                (ArithOp::Mul | ArithOp::And, Some(0), _) | (ArithOp::Mul | ArithOp::And, _, Some(0)) => {
+                    Some(0)
+                }
+                (ArithOp::Div | ArithOp::Mod | ArithOp::Shl | ArithOp::Shr, Some(0), _) => Some(0),
+                (_, Some(l), Some(r)) => match op {
+                    ArithOp::Add => Some(l.wrapping_add(r)),
+                    ArithOp::Sub => Some(l.wrapping_sub(r)),
+                    ArithOp::Mul => Some(l.wrapping_mul(r)),
+                    ArithOp::Div => l.checked_div(r),
+                    ArithOp::Mod => l.checked_rem(r),
+                    ArithOp::And => Some(l & r),
+                    ArithOp::Or => Some(l | r),
+                    ArithOp::Xor => Some(l ^ r),
+                    ArithOp::Shl => Some(l.checked_shl(r).unwrap_or(0)),
+                    ArithOp::Shr => Some(l.checked_shr(r).unwrap_or(0)),
+                },
+                _ => None,
+            }
+        }
+    }
+}
+
+/// Whether `a` divides by a 0 the optimizer folds (`len / (1 / 2)`):
+/// libpcap refuses the expression ("division by zero").
+pub fn divides_by_known_zero(a: &Arith) -> bool {
+    match a {
+        Arith::Num(_) | Arith::Len => false,
+        Arith::Load { index, .. } => divides_by_known_zero(index),
+        Arith::Neg(x) => divides_by_known_zero(x),
+        Arith::Binary(op, l, r) => {
+            // Not when the whole is folded to 0 first (`0 / (1 / 2)`).
+            let zero_first = matches!(op, ArithOp::Div | ArithOp::Mod) && known(l) == Some(0);
+            (matches!(op, ArithOp::Div | ArithOp::Mod) && known(r) == Some(0) && !zero_first)
+                || divides_by_known_zero(l)
+                || divides_by_known_zero(r)
+        }
     }
 }
 
@@ -651,7 +767,8 @@ mod tests {
         v
     }
 
-    const TCP_SYN_443: [u8; 20] = [0x30, 0x39, 0x01, 0xbb, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x02, 0, 0, 0, 0, 0, 0];
+    const TCP_SYN_443: [u8; 20] =
+        [0x30, 0x39, 0x01, 0xbb, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x02, 0, 0, 0, 0, 0, 0];
 
     fn tcp_flags_rel(mask: u32, value: u32) -> Expr {
         let load = Arith::Load {
@@ -728,12 +845,83 @@ mod tests {
         let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 0xa, 198, 18, 0, 9];
         arp.extend_from_slice(&[0, 0, 0, 0, 0, 0, 198, 18, 0, 7]);
         let f = eth(0x0806, &arp);
-        let host = |a: [u8; 4], dir| {
-            prim(Prim::Host { proto: HostProto::Any, dir, addr: IpAddr::from(a) })
-        };
+        let host = |a: [u8; 4], dir| prim(Prim::Host { proto: HostProto::Any, dir, addr: IpAddr::from(a) });
         assert!(expr_matches(&host([198, 18, 0, 9], Dir::Src), &f));
         assert!(expr_matches(&host([198, 18, 0, 7], Dir::Dst), &f));
         assert!(!expr_matches(&host([198, 18, 0, 7], Dir::Src), &f));
+    }
+
+    fn rel(op: RelOp, lhs: Arith, rhs: Arith) -> Expr {
+        Expr::Rel(Rel { op, lhs, rhs }, Span::default())
+    }
+
+    fn load(base: LoadBase, index: Arith, size: u8) -> Arith {
+        Arith::Load { base, index: Box::new(index), size, span: Span::default() }
+    }
+
+    fn bin(op: ArithOp, l: Arith, r: Arith) -> Arith {
+        Arith::Binary(op, Box::new(l), Box::new(r))
+    }
+
+    #[test]
+    fn what_the_optimizer_folds_loads_nothing() {
+        let f = eth(0x0800, &ipv4(6, 0, &TCP_SYN_443));
+        // ether[1] is 0: `0 / ether[1]` is folded to 0, never divided.
+        let zero_div = rel(
+            RelOp::Eq,
+            bin(ArithOp::Div, Arith::Num(0), load(LoadBase::Link, Arith::Num(1), 1)),
+            Arith::Num(0),
+        );
+        assert_eq!(expr_outcome(&zero_div, &f), Outcome::Ran(true));
+        // `len / ether[1]` divides by zero: the program stops.
+        let len_div = rel(
+            RelOp::Eq,
+            bin(ArithOp::Div, Arith::Len, load(LoadBase::Link, Arith::Num(1), 1)),
+            Arith::Num(0),
+        );
+        assert_eq!(expr_outcome(&len_div, &f), Outcome::Stopped { otherwise: None });
+        // `ip[500] * 0 = 0` loads nothing past the end.
+        let times_zero = rel(
+            RelOp::Eq,
+            bin(ArithOp::Mul, load(LoadBase::Net(ProtoName::Ip), Arith::Num(500), 1), Arith::Num(0)),
+            Arith::Num(0),
+        );
+        assert_eq!(expr_outcome(&times_zero, &f), Outcome::Ran(true));
+        // A constant index wraps: ip[0xffffffff] is byte 13, the EtherType's low byte.
+        let wrapped =
+            rel(RelOp::Eq, load(LoadBase::Net(ProtoName::Ip), Arith::Num(u32::MAX), 1), Arith::Num(0));
+        assert_eq!(expr_outcome(&wrapped, &f), Outcome::Ran(true));
+        // A computed one does not: ip[ether[1] - 1] is past 2^32.
+        let computed = rel(
+            RelOp::Eq,
+            load(
+                LoadBase::Net(ProtoName::Ip),
+                bin(ArithOp::Sub, load(LoadBase::Link, Arith::Num(1), 1), Arith::Num(1)),
+                1,
+            ),
+            Arith::Num(0),
+        );
+        assert_eq!(expr_outcome(&computed, &f), Outcome::Stopped { otherwise: None });
+    }
+
+    #[test]
+    fn answers_that_do_not_depend_on_missing_bytes() {
+        let ip = prim(Prim::Proto(ProtoName::Ip));
+        let arp = prim(Prim::Proto(ProtoName::Arp));
+        // `not (ip and arp)` holds whatever the EtherType is, which Kleene
+        // logic alone cannot tell.
+        let never_both = not(and(ip.clone(), arp));
+        assert_eq!(expr_outcome(&never_both, &[]), Outcome::Stopped { otherwise: None });
+        assert!(!expr_matches(&never_both, &[]));
+        assert_eq!(answer_without_missing_bytes(&never_both, &[], &[]), Some(true));
+        // `ip` does depend on it.
+        let f = eth(0x0800, &ipv4(6, 0, &TCP_SYN_443));
+        assert_eq!(answer_without_missing_bytes(&ip, &[], &[&f]), None);
+        // `port 443 or tcp`: Kleene logic decides once the port is missing.
+        let mut cut = f.clone();
+        cut.truncate(14 + 20 + 2);
+        let port_or_tcp = or(port(443), prim(Prim::Proto(ProtoName::Tcp)));
+        assert_eq!(expr_outcome(&port_or_tcp, &cut), Outcome::Stopped { otherwise: Some(true) });
     }
 
     #[test]

@@ -570,7 +570,10 @@ mod tests {
 
         let whole = |rules: Vec<Rule>| validate(rules, Reject).unwrap_err();
         let e = whole(vec![parse("10 accept"), parse("10 reject tcp")]);
-        assert_eq!((e.span, e.message.as_str()), (None, "two rules are numbered 10: rule numbers must be unique"));
+        assert_eq!(
+            (e.span, e.message.as_str()),
+            (None, "two rules are numbered 10: rule numbers must be unique")
+        );
         let mut bad = rule(5, Accept);
         bad.source = Some((Ipv4Addr::new(10, 0, 0, 1).into(), 8));
         assert_eq!(

@@ -12,6 +12,9 @@ use super::lab::{self, GEN, GEN_IP, GEN_MAC, SINK_IP};
 
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
 pub const BURST: usize = 64;
+/// The flood's UDP ports (discard); the selection variants are written for them.
+pub const UDP_SRC_PORT: u16 = 1024;
+pub const UDP_DST_PORT: u16 = 9;
 
 /// A UDP frame of `len` bytes (L2, without FCS) from the generator to the
 /// sink, sent to `dst_mac` (the router's src0, or the sink across a bridge).
@@ -34,8 +37,8 @@ pub fn udp_frame(len: usize, dst_mac: [u8; 6]) -> Vec<u8> {
     let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     let udp = &mut f[34..42];
-    udp[0..2].copy_from_slice(&1024u16.to_be_bytes());
-    udp[2..4].copy_from_slice(&9u16.to_be_bytes());
+    udp[0..2].copy_from_slice(&UDP_SRC_PORT.to_be_bytes());
+    udp[2..4].copy_from_slice(&UDP_DST_PORT.to_be_bytes());
     udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
     f
 }

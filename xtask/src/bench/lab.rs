@@ -29,6 +29,9 @@ pub const GEN_MAC: [u8; 6] = [0x02, 0, 0xc6, 0x12, 0, 0x01];
 pub const SRC0_MAC: [u8; 6] = [0x02, 0, 0xc6, 0x12, 0, 0xfe];
 const DST0_MAC: &str = "02:00:c6:12:02:fe";
 pub const SINK_MAC: [u8; 6] = [0x02, 0, 0xc6, 0x12, 0x02, 0x02];
+/// No interface has it: sent to src0, a frame is dropped as "other host" by
+/// `ip_rcv` right after the source's hooks (the rate mode's originals).
+pub const NOBODY_MAC: [u8; 6] = [0x02, 0, 0xc6, 0x12, 0, 0xee];
 const COL_MAC: &str = "02:00:c6:12:03:02";
 
 /// How the host namespace moves packets from src0 to dst0.
@@ -286,6 +289,14 @@ impl Lab {
     /// Copies the collector has received.
     pub fn copies(&self) -> Result<u64> {
         Self::sum(&self.col, "SINK_PACKETS")
+    }
+
+    /// Packets `src0` has received (the kernel's counter: every one of them
+    /// reaches the source's hooks).
+    pub fn source_rx_packets(&self) -> Result<u64> {
+        let out = ip(HOST, &["-j", "-s", "link", "show", "dev", "src0"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        v[0]["stats64"]["rx"]["packets"].as_u64().context("src0 rx packets")
     }
 
     /// Nanoseconds `cpu` has spent in NET_RX softirq.

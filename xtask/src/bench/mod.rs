@@ -26,8 +26,9 @@ pub struct Options {
     #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
     /// Modes to run: max (single-core forwarding rate), fixed (offered load,
-    /// NET_RX ns/pkt on the RPS CPU), tcp (iperf3).
-    #[arg(long, value_delimiter = ',', default_value = "max,fixed,tcp")]
+    /// NET_RX ns/pkt on the RPS CPU), tcp (iperf3), rate (`--rate-limit`
+    /// accuracy: copies per second delivered, for each of --rate-limits).
+    #[arg(long, value_delimiter = ',', default_value = "max,fixed,tcp,rate")]
     pub modes: Vec<Mode>,
     /// Frame sizes (bytes, L2 without FCS) for max and fixed modes.
     #[arg(long, value_delimiter = ',', default_value = "64,1500")]
@@ -35,6 +36,13 @@ pub struct Options {
     /// Offered load of the fixed mode, packets per second.
     #[arg(long, default_value_t = 200_000)]
     pub pps: u64,
+    /// Limits the rate mode sets (`--rate-limit`, copies per second; suffix k, M).
+    #[arg(long, value_delimiter = ',', default_value = "10k,50k,100k,500k", value_parser = parse_rate)]
+    pub rate_limits: Vec<u64>,
+    /// What the rate mode offers, as a multiple of the limit (64-byte
+    /// frames at a fixed rate, half from each CPU).
+    #[arg(long, default_value_t = 1.5)]
+    pub rate_offered: f64,
     /// How the host namespace forwards: routed (the original is written, so
     /// mirred pays its unclone in ip_forward) or bridged (it is not).
     #[arg(long, value_enum, default_value_t = Forwarding::Routed)]
@@ -54,6 +62,7 @@ pub enum Mode {
     Max,
     Fixed,
     Tcp,
+    Rate,
 }
 
 impl Mode {
@@ -62,6 +71,7 @@ impl Mode {
             Self::Max => "max",
             Self::Fixed => "fixed",
             Self::Tcp => "tcp",
+            Self::Rate => "rate",
         }
     }
 
@@ -70,6 +80,7 @@ impl Mode {
             Self::Max => "Mpps",
             Self::Fixed => "ns/pkt",
             Self::Tcp => "Gbit/s",
+            Self::Rate => "copies/s",
         }
     }
 }
@@ -159,6 +170,135 @@ fn measure_tcp(lab: &Lab, secs: f64) -> Result<Sample> {
     Ok(Sample { value: bps / 1e9, copies_per_packet: copies })
 }
 
+/// A count with an optional suffix: `50k`, `1M`.
+fn parse_rate(text: &str) -> Result<u64, String> {
+    let (digits, scale) = match text.trim() {
+        t if t.ends_with(['k', 'K']) => (&t[..t.len() - 1], 1_000),
+        t if t.ends_with('M') => (&t[..t.len() - 1], 1_000_000),
+        t => (t, 1),
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n * scale),
+        _ => Err(format!("{text:?} is not a positive count (digits, optionally with k or M)")),
+    }
+}
+
+/// The rate mode's window starts once the session has rate-limited a copy
+/// (the bucket, which starts full with the default burst of 0.1 s worth of
+/// the limit, is then empty), plus [`WARMUP`]; at most this long after the
+/// load starts.
+const RATE_DRAIN_MAX: Duration = Duration::from_secs(3);
+
+/// One `--rate-limit` trial.
+#[derive(Debug, Clone, Copy)]
+struct RateSample {
+    /// Copies per second the collector received in the window.
+    achieved: f64,
+    /// Packets per second that reached the source's hooks in the window.
+    offered: f64,
+    /// Copies the agent counts as handed to the destination that the collector
+    /// never got, over the whole trial: a loss in the lab, not in the limiter.
+    lost: i64,
+    /// Copies the agent counts as `rate_limited` in the whole trial.
+    limited: u64,
+    /// From the start of the load to the first copy rate-limited.
+    drained: Duration,
+}
+
+/// Packets the kernel's per-CPU backlogs dropped (all CPUs, since boot).
+fn backlog_drops() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/net/softnet_stat")?;
+    text.lines()
+        .map(|l| {
+            let col = l.split_whitespace().nth(1).context("softnet_stat")?;
+            Ok(u64::from_str_radix(col, 16)?)
+        })
+        .sum()
+}
+
+/// The session's counters for `reason` (both directions), from `stats --json`.
+fn agent_counts(agent: &Path, reasons: &[&str]) -> Result<Vec<u64>> {
+    let out = sh(std::process::Command::new(agent).args(["-n", lab::HOST, "stats", "--json", "bench"]))?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let counters = &v["sessions"][0]["counters"];
+    reasons
+        .iter()
+        .map(|r| {
+            ["ingress", "egress"]
+                .iter()
+                .map(|d| counters[d][r]["packets"].as_u64().with_context(|| format!("stats: {d} {r}")))
+                .sum()
+        })
+        .collect()
+}
+
+/// Copies per second that reach the collector from a session with
+/// `--rate-limit rate`, offered `rate_offered` times that, steady state.
+fn measure_rate(lab: &Lab, agent: &Path, rate: u64, opts: &Options) -> Result<RateSample> {
+    // Both CPUs send, and each runs the path of its own packets (no RPS):
+    // the session's bucket is shared by CPUs, as on a multi-queue NIC, and
+    // one CPU alone cannot both send and copy much more than 400k per second.
+    lab.set_rps(0)?;
+    let offered = (rate as f64 * opts.rate_offered / 2.0).round() as u64;
+    let secs = Duration::from_secs_f64(opts.seconds);
+    // The originals are not forwarded (dropped as "other host" right after
+    // the hooks), which leaves room for 500k copies per second and more
+    // packets than that at the hook.
+    let load = Load {
+        frame_len: 64,
+        dst_mac: lab::NOBODY_MAC,
+        pps: Some(offered),
+        duration: RATE_DRAIN_MAX + WARMUP + secs + WARMUP,
+        cpu: GEN_CPU,
+    };
+    let select = ["--rate-limit".to_owned(), rate.to_string()];
+    variants::attach_agent(agent, variants::MON, "both", 0, &select)?;
+    let trial = || -> Result<RateSample> {
+        let (c_start, drops_start) = (lab.copies()?, backlog_drops()?);
+        let window = std::thread::scope(|s| -> Result<_> {
+            let gen_threads =
+                [GEN_CPU, PATH_CPU].map(|cpu| s.spawn(move || generator::run(Load { cpu, ..load })));
+            let started = std::time::Instant::now();
+            while agent_counts(agent, &["rate_limited"])?[0] == 0 {
+                if started.elapsed() > RATE_DRAIN_MAX {
+                    // Reported: the window's load is below the limit.
+                    eprintln!("  rate {rate}: nothing rate-limited after {RATE_DRAIN_MAX:?}");
+                    break;
+                }
+                sleep(Duration::from_millis(50));
+            }
+            let drained = started.elapsed();
+            sleep(WARMUP);
+            let p0 = lab.source_rx_packets()?;
+            let (c0, t0) = (lab.copies()?, std::time::Instant::now());
+            sleep(secs);
+            let (c1, dt) = (lab.copies()?, t0.elapsed());
+            let p1 = lab.source_rx_packets()?;
+            for t in gen_threads {
+                t.join().expect("generator")?;
+            }
+            Ok(((p1 - p0) as f64 / dt.as_secs_f64(), (c1 - c0) as f64 / dt.as_secs_f64(), drained))
+        })?;
+        sleep(Duration::from_millis(50));
+        let delivered = lab.copies()? - c_start;
+        let drops = backlog_drops()? - drops_start;
+        let counts = agent_counts(agent, &["mirrored", "rate_limited"])?;
+        if drops > 0 {
+            eprintln!("  rate {rate}: the kernel's backlogs dropped {drops} packets in this trial");
+        }
+        Ok(RateSample {
+            achieved: window.1,
+            offered: window.0,
+            lost: counts[0] as i64 - delivered as i64,
+            limited: counts[1],
+            drained: window.2,
+        })
+    };
+    let sample = trial();
+    variants::detach_agent(agent)?;
+    sample
+}
+
 /// The variants in a pseudo-random order fixed by `seed` (splitmix64): unlike a
 /// rotation, no variant always follows the same one, so carry-over averages out.
 fn shuffled(variants: &[Variant], seed: u64) -> Vec<Variant> {
@@ -204,8 +344,12 @@ pub fn run(opts: &Options, agent: &Path, bench_object: &Path) -> Result<()> {
             })
             .collect::<Result<_>>()?
     };
-    if !variants.iter().any(|v| v.name == "base") {
+    let paired_modes = opts.modes.iter().any(|&m| m != Mode::Rate);
+    if paired_modes && !variants.iter().any(|v| v.name == "base") {
         bail!("the base variant is needed: every figure is relative to it");
+    }
+    if opts.modes.contains(&Mode::Rate) && !(opts.rate_offered > 1.05 && opts.rate_offered <= 10.0) {
+        bail!("--rate-offered must be above 1.05 (the load must exceed the limit) and at most 10");
     }
     if opts.forwarding == Forwarding::Bridged && opts.modes.contains(&Mode::Tcp) {
         bail!("the tcp mode needs the routed path (generator and sink are in different subnets)");
@@ -215,13 +359,38 @@ pub fn run(opts: &Options, agent: &Path, bench_object: &Path) -> Result<()> {
     for &mode in &opts.modes {
         if mode == Mode::Tcp {
             keys.push((mode, 0));
+        } else if mode == Mode::Rate {
+            // Its own loop below: one session, no variants.
         } else {
             keys.extend(opts.sizes.iter().map(|&s| (mode, s)));
         }
     }
     // results[key][variant] = one sample per repeat
     let mut results: BTreeMap<Key, BTreeMap<&str, Vec<Sample>>> = BTreeMap::new();
+    // rate_results[limit] = one sample per repeat
+    let mut rate_results: BTreeMap<u64, Vec<RateSample>> = BTreeMap::new();
     for repeat in 0..opts.repeats {
+        if opts.modes.contains(&Mode::Rate) {
+            lab.set_sink_drop(true)?;
+            lab.set_net_rx_accounting(false)?;
+            for &rate in &opts.rate_limits {
+                let s = measure_rate(&lab, agent, rate, opts).with_context(|| format!("rate {rate}"))?;
+                eprintln!(
+                    "repeat {}/{} rate  {:>9} pps limit: {:>9.0} copies/s = {:.4}x; offered {:.0} pps, {} lost, \
+                     {} rate_limited, first after {:?}",
+                    repeat + 1,
+                    opts.repeats,
+                    rate,
+                    s.achieved,
+                    s.achieved / rate as f64,
+                    s.offered,
+                    s.lost,
+                    s.limited,
+                    s.drained
+                );
+                rate_results.entry(rate).or_default().push(s);
+            }
+        }
         for &key in &keys {
             lab.set_sink_drop(key.0 != Mode::Tcp)?;
             lab.set_net_rx_accounting(key.0 == Mode::Fixed)?;
@@ -231,6 +400,7 @@ pub fn run(opts: &Options, agent: &Path, bench_object: &Path) -> Result<()> {
                     Mode::Max => measure_max(&lab, key.1, opts.seconds, None),
                     Mode::Fixed => measure_fixed(&lab, key.1, opts.seconds, opts.pps),
                     Mode::Tcp => measure_tcp(&lab, opts.seconds),
+                    Mode::Rate => unreachable!("the rate mode has its own loop"),
                 };
                 v.detach(agent, &mut lab).with_context(|| format!("detaching {}", v.name))?;
                 let sample = sample.with_context(|| format!("{} {} {}B", v.name, key.0.name(), key.1))?;
@@ -238,9 +408,8 @@ pub fn run(opts: &Options, agent: &Path, bench_object: &Path) -> Result<()> {
                 // copy per packet (±1%), or none.
                 let copies = sample.copies_per_packet;
                 let ok = match key.0 {
-                    Mode::Tcp => (copies > 0.0) == v.mirrors_tcp(),
-                    _ if v.mirrors() => (0.99..=1.01).contains(&copies),
-                    _ => copies == 0.0,
+                    Mode::Tcp => (copies > 0.0) == v.tcp_copies,
+                    _ => v.copies_ok(copies),
                 };
                 if !ok {
                     bail!(
@@ -251,7 +420,7 @@ pub fn run(opts: &Options, agent: &Path, bench_object: &Path) -> Result<()> {
                     );
                 }
                 eprintln!(
-                    "repeat {}/{} {:<5} {:>4}B {:<14} {:>9.3} {}",
+                    "repeat {}/{} {:<5} {:>4}B {:<20} {:>9.3} {}",
                     repeat + 1,
                     opts.repeats,
                     key.0.name(),
@@ -264,7 +433,7 @@ pub fn run(opts: &Options, agent: &Path, bench_object: &Path) -> Result<()> {
             }
         }
     }
-    report(opts, &results)?;
+    report(opts, &results, &rate_results)?;
     if opts.profile {
         // A pass of its own: perf's overhead must not touch the figures above.
         lab.set_sink_drop(true)?;
@@ -307,10 +476,14 @@ fn print_profiles(variants: &[Variant], sizes: &[usize]) -> Result<()> {
     Ok(())
 }
 
-fn report(opts: &Options, results: &BTreeMap<Key, BTreeMap<&str, Vec<Sample>>>) -> Result<()> {
+fn report(
+    opts: &Options,
+    results: &BTreeMap<Key, BTreeMap<&str, Vec<Sample>>>,
+    rate_results: &BTreeMap<u64, Vec<RateSample>>,
+) -> Result<()> {
     let mut json_rows = Vec::new();
     println!(
-        "\n{:<6} {:>5} {:<14} {:>10} {:>10} {:>10}  {:<26} {:>8}",
+        "\n{:<6} {:>5} {:<20} {:>10} {:>10} {:>10}  {:<26} {:>8}",
         "mode", "size", "variant", "median", "min", "max", "paired vs base (med [min,max])", "copies/p"
     );
     for (&(mode, size), by_variant) in results {
@@ -333,7 +506,7 @@ fn report(opts: &Options, results: &BTreeMap<Key, BTreeMap<&str, Vec<Sample>>>) 
             let copies = stats(&samples.iter().map(|s| s.copies_per_packet).collect::<Vec<_>>()).1;
             let size_text = if mode == Mode::Tcp { "-".to_owned() } else { size.to_string() };
             println!(
-                "{:<6} {:>5} {:<14} {:>10.3} {:>10.3} {:>10.3}  {:<26} {:>8.2}",
+                "{:<6} {:>5} {:<20} {:>10.3} {:>10.3} {:>10.3}  {:<26} {:>8.3}",
                 mode.name(),
                 size_text,
                 name,
@@ -351,7 +524,32 @@ fn report(opts: &Options, results: &BTreeMap<Key, BTreeMap<&str, Vec<Sample>>>) 
             }));
         }
     }
-    let targets = targets(results);
+    let mut targets = targets(results);
+    let mut rate_rows = Vec::new();
+    for (&rate, samples) in rate_results {
+        let ratios: Vec<f64> = samples.iter().map(|s| s.achieved / rate as f64).collect();
+        let (lo, med, hi) = stats(&ratios);
+        let (_, offered, _) = stats(&samples.iter().map(|s| s.offered).collect::<Vec<_>>());
+        let lost: i64 = samples.iter().map(|s| s.lost).sum();
+        // The limit is only exercised if more than it reaches the hook.
+        let valid = if samples.iter().all(|s| s.offered > rate as f64 * 1.02) {
+            ""
+        } else {
+            " INVALID: a trial offered less than the limit"
+        };
+        targets.push(format!(
+            "rate {rate} pps: delivered / limit = {med:.4} [{lo:.4},{hi:.4}] (target 0.95..1.05); \
+             {offered:.0} pps at the hook, {lost} copies lost in the lab{valid}"
+        ));
+        rate_rows.push(json!({
+            "limit_pps": rate, "offered_factor": opts.rate_offered,
+            "delivered_pps": samples.iter().map(|s| s.achieved).collect::<Vec<_>>(),
+            "past_hook_pps": samples.iter().map(|s| s.offered).collect::<Vec<_>>(),
+            "ratios": ratios, "min": lo, "median": med, "max": hi,
+            "lost": samples.iter().map(|s| s.lost).collect::<Vec<_>>(),
+            "rate_limited": samples.iter().map(|s| s.limited).collect::<Vec<_>>(),
+        }));
+    }
     println!("\ntargets (medians of per-repeat ratios):");
     for t in &targets {
         println!("  {t}");
@@ -359,10 +557,12 @@ fn report(opts: &Options, results: &BTreeMap<Key, BTreeMap<&str, Vec<Sample>>>) 
     let doc = json!({
         "options": {
             "repeats": opts.repeats, "seconds": opts.seconds, "pps": opts.pps, "sizes": opts.sizes,
+            "rate_limits": opts.rate_limits, "rate_offered": opts.rate_offered,
             "forwarding": format!("{:?}", opts.forwarding).to_lowercase(),
         },
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "rows": json_rows,
+        "rate_limit": rate_rows,
         "targets": targets,
     });
     let dir = crate::workspace_root().join("target/bench");
@@ -389,6 +589,37 @@ fn targets(results: &BTreeMap<Key, BTreeMap<&str, Vec<Sample>>>) -> Vec<String> 
         let r: Vec<f64> =
             by.get("agent-snap128")?.iter().zip(by.get("agent")?).map(|(s, a)| s.value / a.value).collect();
         Some(stats(&r))
+    };
+    // Issue 8's rows, with `added(value, base)` the added ns per packet of the mode.
+    type Push<'p> = dyn FnMut(String, Option<(f64, f64, f64)>, &dyn Fn(f64) -> String, &str) + 'p;
+    let selection = |key: &Key, push: &mut Push<'_>, added: &dyn Fn(f64, f64) -> f64| {
+        let ratio = |x: f64| format!("{x:.3}");
+        let ns = |x: f64| format!("{x:+.1} ns");
+        for v in ["tc-nomatch", "agent-filter-nomatch"] {
+            push(format!("{v} added ns per packet"), paired_vs(key, v, v, &|x, b, _| added(x, b)), &ns, "-");
+        }
+        push(
+            "agent-filter-nomatch minus tc-nomatch added ns".into(),
+            paired_vs(key, "agent-filter-nomatch", "tc-nomatch", &|f, b, t| added(f, b) - added(t, b)),
+            &ns,
+            "<= 0",
+        );
+        push(
+            "agent-filter-nomatch / tc-nomatch added ns".into(),
+            paired_vs(key, "agent-filter-nomatch", "tc-nomatch", &|f, b, t| added(f, b) / added(t, b)),
+            &ratio,
+            "<= 1.00",
+        );
+        for (v, target) in
+            [("agent-filter10", "<= 1.10"), ("agent-rules10", "<= 1.10"), ("agent-sample100", "<= 0.10")]
+        {
+            push(
+                format!("{v} / agent added ns"),
+                paired_vs(key, v, "agent", &|x, b, a| added(x, b) / added(a, b)),
+                &ratio,
+                target,
+            );
+        }
     };
     let mut out = Vec::new();
     for key in results.keys() {
@@ -431,6 +662,7 @@ fn targets(results: &BTreeMap<Key, BTreeMap<&str, Vec<Sample>>>) -> Vec<String> 
                 if size >= 1500 {
                     push("agent-snap128 / agent ns".into(), snap_vs_full(key), &ratio, "<= 1.00");
                 }
+                selection(key, &mut push, &|v, b| v - b);
             }
             Mode::Max => {
                 push(
@@ -468,8 +700,9 @@ fn targets(results: &BTreeMap<Key, BTreeMap<&str, Vec<Sample>>>) -> Vec<String> 
                     &ratio,
                     "-",
                 );
+                selection(key, &mut push, &added);
             }
-            Mode::Tcp => {}
+            Mode::Tcp | Mode::Rate => {}
         }
     }
     out

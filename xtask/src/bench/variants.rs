@@ -1,6 +1,7 @@
 //! What is attached to the source in each trial. Declarative: a new
-//! destination kind (e.g. encapsulated copies to a remote collector) is one
-//! more row in [`VARIANTS`] and, if needed, one more [`Kind`].
+//! destination kind (e.g. encapsulated copies to a remote collector) or a
+//! new selection (filter, sampling) is one more row in [`VARIANTS`] and, if
+//! needed, one more [`Kind`].
 use std::{path::Path, process::Command};
 
 use anyhow::Result;
@@ -18,8 +19,18 @@ pub enum Kind {
     /// constant, the least any BPF mirror does; not a product variant, the
     /// yardstick for the agent's own program cost.
     CloneFloor,
-    /// `mirror-agent attach` on the source.
-    Agent { direction: &'static str, snaplen: u32 },
+    /// `mirror-agent attach` on the source, with `select`: extra arguments
+    /// of `attach` (filter, rules, sampling).
+    Agent { direction: &'static str, snaplen: u32, select: &'static [&'static str] },
+}
+
+/// Copies the collector must get per packet in the one-way UDP modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copies {
+    None,
+    All,
+    /// About one in N (sampling).
+    OneIn(u32),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -28,38 +39,118 @@ pub struct Variant {
     pub kind: Kind,
     /// Where the copies go (ignored by `base`).
     pub dest: &'static str,
+    /// What the collector gets in the UDP modes.
+    pub copies: Copies,
+    /// Whether the collector gets anything in the TCP mode, where traffic
+    /// crosses the source both ways (the sink's ACKs leave through its egress).
+    pub tcp_copies: bool,
 }
 
 /// A local monitor port: a veth to the collector.
-const MON: &str = "mon0";
+pub const MON: &str = "mon0";
 /// A remote collector: VXLAN (kernel device) over `mon0`.
 const VXLAN: &str = "vx0";
 
-const fn variant(name: &'static str, kind: Kind) -> Variant {
-    Variant { name, kind, dest: MON }
+const fn variant(name: &'static str, kind: Kind, copies: Copies, tcp_copies: bool) -> Variant {
+    Variant { name, kind, dest: MON, copies, tcp_copies }
 }
 
+const fn agent(select: &'static [&'static str]) -> Kind {
+    Kind::Agent { direction: "both", snaplen: 0, select }
+}
+
+// The selections below are written for the generator's flood: UDP from
+// port 1024 to port 9 ([`super::generator::UDP_DST_PORT`]), IPv4 from
+// 198.18.0.1 to 198.18.2.2; the TCP mode is iperf3 on port 5201.
+
+/// Never matches the flood (it is UDP) nor iperf3 (port 5201).
+const FILTER_NOMATCH: &[&str] = &["--filter", "tcp port 9"];
+/// Ten or-ed terms of the same kind, only the last of which matches: every
+/// term's port tests run before the packet is accepted.
+const FILTER10: &[&str] = &[
+    "--filter",
+    "udp port 11 or udp port 12 or udp port 13 or udp port 14 or udp port 15 or udp port 16 or udp port 17 \
+     or udp port 18 or udp port 19 or udp dst port 9",
+];
+/// Ten AWS-style rules, numbers 10..100; nine rejects that do not match,
+/// then the accepting one (the default action is reject).
+const RULES10: &[&str] = &[
+    "--rule",
+    "10 reject udp dport 11",
+    "--rule",
+    "20 reject udp dport 12",
+    "--rule",
+    "30 reject udp dport 13",
+    "--rule",
+    "40 reject udp dport 14",
+    "--rule",
+    "50 reject udp dport 15",
+    "--rule",
+    "60 reject udp dport 16",
+    "--rule",
+    "70 reject udp dport 17",
+    "--rule",
+    "80 reject udp dport 18",
+    "--rule",
+    "90 reject udp dport 19",
+    "--rule",
+    "100 accept udp dport 9",
+];
+pub const SAMPLE: u32 = 100;
+const SAMPLE100: &[&str] = &["--sample", "100"];
+
 pub const VARIANTS: &[Variant] = &[
-    variant("base", Kind::Base),
-    variant("tc", Kind::TcMirred { matching: true }),
-    variant("tc-nomatch", Kind::TcMirred { matching: false }),
-    variant("clone-floor", Kind::CloneFloor),
-    variant("agent", Kind::Agent { direction: "both", snaplen: 0 }),
+    variant("base", Kind::Base, Copies::None, false),
+    variant("tc", Kind::TcMirred { matching: true }, Copies::All, true),
+    variant("tc-nomatch", Kind::TcMirred { matching: false }, Copies::None, false),
+    variant("clone-floor", Kind::CloneFloor, Copies::All, true),
+    variant("agent", agent(&[]), Copies::All, true),
     // Our program is on the source, but the traffic never crosses the
     // direction it taps (the source only receives).
-    variant("agent-idle", Kind::Agent { direction: "egress", snaplen: 0 }),
-    variant("agent-snap128", Kind::Agent { direction: "both", snaplen: 128 }),
+    variant("agent-idle", Kind::Agent { direction: "egress", snaplen: 0, select: &[] }, Copies::None, true),
+    variant("agent-snap128", Kind::Agent { direction: "both", snaplen: 128, select: &[] }, Copies::All, true),
     // Copies to a remote collector, encapsulated by the kernel's VXLAN device.
-    Variant { name: "tc-vxlan", kind: Kind::TcMirred { matching: true }, dest: VXLAN },
-    Variant { name: "agent-vxlan", kind: Kind::Agent { direction: "both", snaplen: 0 }, dest: VXLAN },
+    Variant {
+        name: "tc-vxlan",
+        kind: Kind::TcMirred { matching: true },
+        dest: VXLAN,
+        copies: Copies::All,
+        tcp_copies: true,
+    },
+    Variant { name: "agent-vxlan", kind: agent(&[]), dest: VXLAN, copies: Copies::All, tcp_copies: true },
+    // Selection (issue 8): what a filter, rules and sampling add.
+    variant("agent-filter-nomatch", agent(FILTER_NOMATCH), Copies::None, false),
+    variant("agent-filter10", agent(FILTER10), Copies::All, false),
+    variant("agent-rules10", agent(RULES10), Copies::All, false),
+    variant("agent-sample100", agent(SAMPLE100), Copies::OneIn(SAMPLE), true),
 ];
 
-const SOURCE: &str = "src0";
+pub const SOURCE: &str = "src0";
 
 fn tc(args: &[&str]) -> Result<()> {
     let mut full = vec!["tc"];
     full.extend_from_slice(args);
     sh(&mut ns_exec(HOST, &full)).map(drop)
+}
+
+/// `mirror-agent attach` of the session `bench` on the source.
+pub fn attach_agent(
+    agent: &Path,
+    dest: &str,
+    direction: &str,
+    snaplen: u32,
+    select: &[impl AsRef<std::ffi::OsStr>],
+) -> Result<()> {
+    let snaplen = snaplen.to_string();
+    sh(Command::new(agent)
+        .args(["-n", HOST, "attach", "--name", "bench", "--source", SOURCE])
+        .args(["--dest", dest, "--direction", direction, "--snaplen", &snaplen])
+        .args(select))
+    .map(drop)
+}
+
+pub fn detach_agent(agent: &Path) -> Result<()> {
+    sh(Command::new(agent).args(["-n", HOST, "detach", "--all"])).map(drop)
 }
 
 impl Variant {
@@ -83,12 +174,8 @@ impl Variant {
                 }
                 Ok(())
             }
-            Kind::Agent { direction, snaplen } => {
-                let snaplen = snaplen.to_string();
-                sh(Command::new(agent)
-                    .args(["-n", HOST, "attach", "--name", "bench", "--source", SOURCE])
-                    .args(["--dest", self.dest, "--direction", direction, "--snaplen", &snaplen]))
-                .map(drop)
+            Kind::Agent { direction, snaplen, select } => {
+                attach_agent(agent, self.dest, direction, snaplen, select)
             }
         }
     }
@@ -98,21 +185,32 @@ impl Variant {
             Kind::Base => Ok(()),
             Kind::CloneFloor => lab.set_clone_floor(None),
             Kind::TcMirred { .. } => tc(&["qdisc", "del", "dev", SOURCE, "clsact"]),
-            Kind::Agent { .. } => sh(Command::new(agent).args(["-n", HOST, "detach", "--all"])).map(drop),
+            Kind::Agent { .. } => detach_agent(agent),
         }
     }
 
-    /// Whether this variant copies every packet of the one-way UDP modes.
-    pub fn mirrors(&self) -> bool {
-        matches!(
-            self.kind,
-            Kind::TcMirred { matching: true } | Kind::CloneFloor | Kind::Agent { direction: "both", .. }
-        )
+    /// Whether `copies` per packet (a UDP mode) is what this variant claims:
+    /// one copy per packet (±1%), none, or one in N (±20%: over the ≥ 100k
+    /// packets of a trial, 5 standard deviations are under 10%).
+    pub fn copies_ok(&self, copies: f64) -> bool {
+        match self.copies {
+            Copies::None => copies == 0.0,
+            Copies::All => (0.99..=1.01).contains(&copies),
+            Copies::OneIn(n) => (copies * f64::from(n) - 1.0).abs() <= 0.2,
+        }
     }
+}
 
-    /// Whether this variant copies anything in the TCP mode, where traffic
-    /// crosses the source both ways (the sink's ACKs leave through its egress).
-    pub fn mirrors_tcp(&self) -> bool {
-        matches!(self.kind, Kind::TcMirred { matching: true } | Kind::CloneFloor | Kind::Agent { .. })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selections_are_written_for_the_generators_port() {
+        let port = super::super::generator::UDP_DST_PORT;
+        assert!(FILTER10[1].ends_with(&format!("udp dst port {port}")));
+        assert!(RULES10.last().unwrap().ends_with(&format!("accept udp dport {port}")));
+        assert_eq!(RULES10.iter().filter(|a| **a == "--rule").count(), 10);
+        assert_eq!(FILTER10[1].matches(" or ").count(), 9);
     }
 }
