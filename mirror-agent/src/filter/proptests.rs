@@ -6,7 +6,11 @@
 //! match often. Frames are mostly well-formed (Ethernet, up to three tags
 //! with any of the three TPIDs, IPv4 with options and fragments, IPv6 with
 //! a few extension headers, ARP/RARP, 802.3 LLC), often cut short so that
-//! loads fall past the end, plus some random bytes.
+//! loads fall past the end, plus some random bytes. The canonical text
+//! of expressions and rules parses back to the same tree.
+//!
+//! `PROPTEST_CASES=5000 cargo test -p mirror-agent --lib filter::proptests`
+//! digs deeper than the default.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proptest::{collection::vec, prelude::*, sample::select};

@@ -23,9 +23,10 @@
 //! three-valued: a value read past the end (or divided by zero) is unknown,
 //! and [`expr_outcome`] says both whether the filter stopped on the way and
 //! what it would say if such values did not matter (Kleene logic). An
-//! optimized program may keep such a frame exactly when that answer is
-//! known and true; tcpdump's choice in each case is what the differential
-//! test checks. The optimizer's effects on arithmetic are built in,
+//! optimized program may keep such a frame only if the answer is true
+//! whatever the missing bytes ([`answer_without_missing_bytes`]); whether
+//! tcpdump's does, case by case, is what the differential test checks. The
+//! optimizer's effects on arithmetic are built in,
 //! because tcpdump always shows them: what it computes at compile time
 //! ([`known`]: numbers, and `0 * x`, `x & 0`, `0 / x`...) loads nothing; an
 //! address word whose mask is 0 (`net 2001:db8::/32` leaves 3 of each
