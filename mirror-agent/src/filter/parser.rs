@@ -50,8 +50,18 @@ pub const MAX_NESTING: usize = 64;
 /// Most `and`, `or`, `not` and arithmetic operators in one expression.
 pub const MAX_OPERATORS: usize = 256;
 
+/// Longest expression accepted, in bytes: what the session's stored text
+/// holds (`mirror_common::FILTER_SPEC_LEN`), checked before any work.
+pub const MAX_TEXT: usize = mirror_common::FILTER_SPEC_LEN;
+
 /// Parses a pcap-filter expression.
 pub fn parse(text: &str) -> Result<Expr> {
+    if text.len() > MAX_TEXT {
+        return Err(FilterError::whole(format!(
+            "the expression is {} bytes long; at most {MAX_TEXT} are accepted",
+            text.len()
+        )));
+    }
     let mut p = Parser { text, toks: lexer::tokenize(text), pos: 0, nesting: 0, operators: 0 };
     if p.peek().tok == Tok::End {
         return Err(FilterError::at(Span::new(0, text.len()), "the filter is empty"));
@@ -1730,6 +1740,16 @@ mod tests {
         ("tcp port 80 @", 13, "unexpected character `@`"),
         ("$1f", 1, "ARCnet addresses are not supported by mirror-agent filters"),
     ];
+
+    #[test]
+    fn overlong_text_is_refused_before_any_work() {
+        let long = "tcp or ".repeat(700) + "udp";
+        let e = parse(&long).unwrap_err();
+        assert_eq!(
+            (e.span, e.message.as_str()),
+            (None, "the expression is 4903 bytes long; at most 4092 are accepted")
+        );
+    }
 
     #[test]
     fn wrong_expressions_get_their_message_and_column() {
