@@ -76,7 +76,7 @@ pub mod reason {
     /// mirrored again (loop prevention).
     pub const COPY_NOT_REMIRRORED: u32 = 15;
     /// Selected by a `--dry-run` session: it would have been copied, and
-    /// was not (bytes: the packet's length, before any cut).
+    /// was not (bytes: the copy's, after the snap length).
     pub const DRY_RUN: u32 = 16;
     /// Accepted by this exclusive session's filter, but an exclusive
     /// session of higher priority on the same source took the packet.
@@ -342,7 +342,8 @@ pub mod slot_flags {
 pub mod entry_flags {
     /// Some slot has [`super::slot_flags::INCLUDE_COPIES`].
     pub const INCLUDE_COPIES: u32 = 1 << 0;
-    /// Some slot has a selection step (any slot flag but the bank).
+    /// Some slot has a selection step (any slot flag but the bank and
+    /// `INCLUDE_COPIES`, which matters to copies only).
     pub const SELECTS: u32 = 1 << 1;
 }
 

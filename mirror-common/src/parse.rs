@@ -19,6 +19,10 @@ pub const FIELD_WORDS: usize = 32;
 /// header merge again after it, instead of multiplying with the next.
 const AT: u32 = field::COUNT;
 const NEXT: u32 = AT + 1;
+/// A digest of the destination and of the source MAC, for the flow hash
+/// of frames that are not IP.
+const DST_MAC: u32 = AT + 2;
+const SRC_MAC: u32 = AT + 3;
 
 /// Reads and writes of the words the parse reads back. Volatile, so that
 /// the compiler keeps them in memory rather than carrying them in registers
@@ -86,6 +90,8 @@ pub fn parse_fields_into<B: Bytes>(b: &B, direction: u32, f: &mut Fields) {
 /// Ethernet and VLAN tags: leaves `get(f, AT)` at the network header.
 #[inline(always)]
 fn link<B: Bytes>(b: &B, f: &mut Fields) -> Option<()> {
+    set(f, DST_MAC, mix(b.load(0, 4)? ^ mix(b.load(4, 2)?)));
+    set(f, SRC_MAC, mix(b.load(6, 4)? ^ mix(b.load(10, 2)?)));
     set(f, AT, 12);
     set(f, field::ETHERTYPE, b.load(12, 2)?);
     for tag in 0..field::MAX_VLAN_TAGS {
@@ -191,12 +197,12 @@ fn transport<B: Bytes>(b: &B, f: &mut Fields) -> Option<()> {
     match get(f, field::L4_PROTO) {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
             let ports = b.load(l4, 4)?;
-            if get(f, field::L4_PROTO) == IPPROTO_TCP {
-                set(f, field::TCP_FLAGS, b.load(l4 + 13, 1)?);
-            }
             set(f, field::SRC_PORT, ports >> 16);
             set(f, field::DST_PORT, ports & 0xffff);
             set(f, field::HAS_L4, 1);
+            if get(f, field::L4_PROTO) == IPPROTO_TCP {
+                set(f, field::TCP_FLAGS, b.load(l4 + 13, 1)?);
+            }
         }
         IPPROTO_ICMP if v4 => read_icmp(b, l4, f)?,
         IPPROTO_ICMPV6 if !v4 => read_icmp(b, l4, f)?,
@@ -234,9 +240,12 @@ const fn mix(mut h: u32) -> u32 {
 }
 
 /// A hash of the flow that is the same for both directions: endpoints
-/// (address, port) are put in order before hashing. Fragments hash without
-/// ports (later fragments have none), so all fragments of a datagram agree.
-/// No per-host seed: agents on different hosts keep the same flows.
+/// (address, port; MAC for frames that are not IP) are put in order before
+/// hashing. Fragments hash without ports (later fragments have none), so
+/// all fragments of a datagram agree; a flow some of whose packets are
+/// fragmented and some not (large UDP replies to small requests) is then
+/// two flows for sampling. No per-host seed: agents on different hosts keep
+/// the same flows.
 #[inline(always)]
 pub fn flow_hash(f: &Fields) -> u32 {
     let (a, b) = match f[field::IP_VERSION as usize] {
@@ -250,7 +259,9 @@ pub fn flow_hash(f: &Fields) -> u32 {
             }
             (a, b)
         }
-        _ => (0, 0),
+        // Not IP (ARP, LLDP, ...): the link-layer endpoints, so that such
+        // traffic too is sampled per conversation.
+        _ => (f[SRC_MAC as usize], f[DST_MAC as usize]),
     };
     let ported = f[field::FRAGMENT as usize] == 0
         && f[field::HAS_L4 as usize] != 0
@@ -261,7 +272,7 @@ pub fn flow_hash(f: &Fields) -> u32 {
     let mut h = mix(lo ^ 0x9e37_79b9);
     h = mix(h ^ hi);
     h = mix(h ^ (lo_port << 16 | hi_port));
-    mix(h ^ f[field::L4_PROTO as usize])
+    mix(h ^ f[field::L4_PROTO as usize] ^ f[field::ETHERTYPE as usize] << 9)
 }
 
 /// Whether a draw (random, or a flow hash) keeps the packet when one in
@@ -360,6 +371,21 @@ mod tests {
         assert_eq!(a, flow_hash(&parse_fields(&Frame(&rev), 1)));
         let other = eth(0x0800, &ipv4(6, 0, [198, 18, 0, 1], [198, 18, 0, 3], &TCP_SYN));
         assert_ne!(a, flow_hash(&parse_fields(&Frame(&other), 0)));
+    }
+
+    #[test]
+    fn frames_that_are_not_ip_hash_by_their_mac_addresses_both_ways() {
+        let arp = |dst: [u8; 6], src: [u8; 6]| {
+            let mut v = dst.to_vec();
+            v.extend_from_slice(&src);
+            v.extend_from_slice(&[0x08, 0x06]);
+            v.extend_from_slice(&[0u8; 46]);
+            v
+        };
+        let (a, b, c) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 3]);
+        let h = |f: &[u8]| flow_hash(&parse_fields(&Frame(f), 0));
+        assert_eq!(h(&arp(a, b)), h(&arp(b, a)));
+        assert_ne!(h(&arp(a, b)), h(&arp(a, c)));
     }
 
     #[test]

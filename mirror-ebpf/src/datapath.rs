@@ -172,6 +172,10 @@ fn walk_selecting(skb: *mut __sk_buff, entry: *const SourceEntry, direction: u32
     // A copy being mirrored again is itself inside the clone call of the hook
     // that made it, which reads the cut verdict once we return.
     let outer_verdict = if is_copy { read_cut_verdict() } else { cut_verdict::NONE };
+    if is_copy {
+        // Our slots' copies must not find the outer copy's cut request.
+        set_cut_verdict(cut_verdict::NONE);
+    }
     let mut walk = Walk {
         skb,
         entry,
@@ -181,6 +185,9 @@ fn walk_selecting(skb: *mut __sk_buff, entry: *const SourceEntry, direction: u32
         depth: if is_copy { copy_mark::depth(mark) } else { 0 },
         _pad: 0,
     };
+    // A nested run (this copy is being sent from inside the outer run's
+    // clone call) must give the outer run its exclusive claim back.
+    let outer_claim = walk.lens.as_ref().map_or(0, Lens::claim_state);
     // SAFETY: array elements live as long as the map (see `mirror_from_source`).
     let slots = unsafe { (*entry).slot_count };
     let slots = if slots > MAX_SESSIONS_PER_SOURCE as u32 { MAX_SESSIONS_PER_SOURCE as u32 } else { slots };
@@ -192,6 +199,9 @@ fn walk_selecting(skb: *mut __sk_buff, entry: *const SourceEntry, direction: u32
     }
     if is_copy {
         set_cut_verdict(outer_verdict);
+        if let Some(lens) = &walk.lens {
+            lens.restore_claim(outer_claim);
+        }
     }
 }
 

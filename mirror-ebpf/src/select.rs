@@ -156,6 +156,20 @@ impl Lens {
         // SAFETY: as in `begin`.
         unsafe { (*self.view).claimed_run = self.run };
     }
+
+    /// The claim as it stands (to put back after a nested run).
+    #[inline(always)]
+    pub(crate) fn claim_state(&self) -> u64 {
+        // SAFETY: as in `begin`.
+        unsafe { (*self.view).claimed_run }
+    }
+
+    /// Puts back the claim of the run this nested one interrupted.
+    #[inline(always)]
+    pub(crate) fn restore_claim(&self, claimed_run: u64) {
+        // SAFETY: as in `begin`.
+        unsafe { (*self.view).claimed_run = claimed_run };
+    }
 }
 
 /// Parses the view's packet into its fields (out of line: its own stack
@@ -231,6 +245,9 @@ struct Reader {
 impl Reader {
     #[inline(always)]
     fn read(&self, off: u32, size: u32) -> Option<u32> {
+        if size != 1 && size != 2 && size != 4 {
+            return None;
+        }
         // SAFETY: per-CPU value of this CPU (see `Lens::view`).
         let v = unsafe { &*self.view };
         let end = off.checked_add(size)?;
@@ -385,7 +402,10 @@ pub(crate) fn within_rate(session_id: u32, selector: &Selector, bytes: u32) -> b
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let packet_cost = selector.ns_per_packet;
-    let byte_cost = (u64::from(bytes) * selector.ns_per_byte_fp16) >> 16;
+    // Rounded up: at high byte rates a small copy costs less than 1 ns, and
+    // must still cost something.
+    let byte_cost = (u64::from(bytes) * selector.ns_per_byte_fp16 + 0xffff) >> 16;
+    let limits_bytes = selector.ns_per_byte_fp16 != 0;
     // SAFETY: array value pointers stay valid for the program's run; every
     // CPU reads and advances them, with atomic adds.
     unsafe {
@@ -394,13 +414,13 @@ pub(crate) fn within_rate(session_id: u32, selector: &Selector, bytes: u32) -> b
         if packet_cost != 0 && ahead(packets, now) > selector.packet_tolerance_ns {
             return false;
         }
-        if byte_cost != 0 && ahead(bytes_tat, now) > selector.byte_tolerance_ns {
+        if limits_bytes && ahead(bytes_tat, now) > selector.byte_tolerance_ns {
             return false;
         }
         if packet_cost != 0 {
             charge(packets, now, packet_cost);
         }
-        if byte_cost != 0 {
+        if limits_bytes {
             charge(bytes_tat, now, byte_cost);
         }
     }

@@ -52,8 +52,10 @@ impl Fixture {
         let bytes = std::fs::read(crate::ebpf_object()).expect("eBPF object (cargo xtask build-ebpf)");
         let mut ebpf =
             EbpfLoader::new().default_map_pin_directory(&self.bpffs).load(&bytes).expect("load object");
-        let p: &mut SchedClassifier = ebpf.program_mut("mirror_src_ingress").unwrap().try_into().unwrap();
-        p.load().unwrap_or_else(|e| panic!("verifier rejected mirror_src_ingress: {e:?}"));
+        for name in ["mirror_src_ingress", "mirror_src_egress"] {
+            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            p.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+        }
         Datapath { ebpf, src: self.src, dst: self.dst, next_insn: 0 }
     }
 }
@@ -118,11 +120,17 @@ impl Datapath {
     /// configs, selectors (bank 0) and programs written as the agent does.
     pub fn set_sessions(&mut self, sessions: &[TestSession]) {
         let hook = SourceKey { ifindex: self.src, direction: mirror_common::direction::INGRESS };
+        self.set_hook(hook, 0, sessions, self.dst);
+    }
+
+    /// Makes `sessions` the slots of `hook` (published through entry
+    /// `number`), copying to `dest`.
+    pub fn set_hook(&mut self, hook: SourceKey, number: u32, sessions: &[TestSession], dest: u32) {
         let mut entry = SourceEntry { hook, slot_count: sessions.len() as u32, ..Default::default() };
         for (i, s) in sessions.iter().enumerate() {
             let mut config = s.config;
             config.select_bank = 0;
-            config.dest_ifindex = self.dst;
+            config.dest_ifindex = dest;
             let start = self.write_program(s.program.as_ref());
             let selector = selection::selector_of(&config, s.program.as_ref(), start);
             let mut selectors: Array<_, mirror_common::Selector> =
@@ -133,20 +141,20 @@ impl Datapath {
             configs.set(s.id, config, 0).unwrap();
             let flags = selection::slot_flags_of(&config);
             entry.slots[i] =
-                SessionSlot { session_id: s.id, dest_ifindex: self.dst, snaplen: config.snaplen, flags };
+                SessionSlot { session_id: s.id, dest_ifindex: dest, snaplen: config.snaplen, flags };
             if flags & slot_flags::INCLUDE_COPIES != 0 {
                 entry.flags |= entry_flags::INCLUDE_COPIES;
             }
-            if flags & !slot_flags::BANK1 != 0 {
+            if flags & !(slot_flags::BANK1 | slot_flags::INCLUDE_COPIES) != 0 {
                 entry.flags |= entry_flags::SELECTS;
             }
         }
         let mut entries: Array<_, SourceEntry> =
             Array::try_from(self.ebpf.map_mut("SOURCE_ENTRIES").unwrap()).unwrap();
-        entries.set(0, entry, 0).unwrap();
+        entries.set(number, entry, 0).unwrap();
         let mut index: Array<_, EntryRef> =
             Array::try_from(self.ebpf.map_mut("SOURCE_INDEX").unwrap()).unwrap();
-        index.set(source_index::cell(hook.ifindex, hook.direction), 1, 0).unwrap();
+        index.set(source_index::cell(hook.ifindex, hook.direction), EntryRef::from(number) + 1, 0).unwrap();
     }
 
     fn write_program(&mut self, program: Option<&Program>) -> u32 {

@@ -227,3 +227,47 @@ fn copies_are_copied_again_only_by_sessions_that_include_them_and_only_so_deep()
         assert_eq!((dp.packets(1, reason::MIRRORED), dp.packets(2, reason::MIRRORED)), (1, 3));
     });
 }
+
+/// A copy sent by an exclusive slot is itself mirrored, inside the clone
+/// call, by an exclusive `--include-copies` session on the destination's
+/// egress: that nested run claims its own packet, and must not erase the
+/// outer run's claim. The outer packet is taken by its first exclusive
+/// session only.
+#[test]
+fn a_nested_run_does_not_erase_the_outer_exclusive_claim() {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    use mirror_common::{SourceKey, direction};
+    let fx = Fixture::new("sel-nest");
+    fx.ns.run(|| {
+        let mut dp = fx.load();
+        let exclusive = |c: &mut mirror_common::SessionConfig| c.select_flags |= select_flags::EXCLUSIVE;
+        // d1's egress: an exclusive session that includes copies, to d0.
+        let d1_egress = SourceKey { ifindex: dp.dst, direction: direction::EGRESS };
+        let inner =
+            TestSession::new(3).with(exclusive).with(|c| c.select_flags |= select_flags::INCLUDE_COPIES);
+        dp.set_hook(d1_egress, 1, &[inner], dp.src);
+        let link = {
+            let p: &mut SchedClassifier =
+                dp.ebpf.program_mut("mirror_src_egress").unwrap().try_into().unwrap();
+            p.attach("d1", TcAttachType::Egress).expect("attach mirror_src_egress to d1")
+        };
+        dp.set_sessions(&[TestSession::new(1).with(exclusive), TestSession::new(2).with(exclusive)]);
+        for _ in 0..5 {
+            assert_eq!(dp.run(&ipv4(17, A, B, 1, 2, 80), 0, 1), (NEXT, 0));
+        }
+        let count_egress = |id: u32, r: u32| {
+            let map: aya::maps::PerCpuArray<_, mirror_common::DirectionCounters> =
+                aya::maps::PerCpuArray::try_from(dp.ebpf.map("COUNTERS").unwrap()).unwrap();
+            map.get(&mirror_common::counter_index(id, direction::EGRESS), 0)
+                .unwrap()
+                .iter()
+                .map(|c| c.reasons[r as usize].packets)
+                .sum::<u64>()
+        };
+        assert_eq!(count_egress(3, reason::MIRRORED), 5, "the nested session copied each copy");
+        assert_eq!(dp.packets(1, reason::MIRRORED), 5);
+        assert_eq!((dp.packets(2, reason::PREEMPTED), dp.packets(2, reason::MIRRORED)), (5, 0));
+        let p: &mut SchedClassifier = dp.ebpf.program_mut("mirror_src_egress").unwrap().try_into().unwrap();
+        p.detach(link).unwrap();
+    });
+}

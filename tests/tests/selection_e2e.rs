@@ -558,6 +558,61 @@ fn exclusive_sessions_take_packets_by_priority_and_plain_ones_still_fan_out() {
         (select("all")["priority"].as_u64(), select("all")["exclusive"].as_bool()),
         (Some(32768), Some(false))
     );
+
+    // Only the priority changes (`--replace`): the slots are reordered, and
+    // `wide` (20) now takes what both match, before `narrow` (30).
+    agent.ok(&[
+        "attach",
+        "--replace",
+        "--name",
+        "narrow",
+        "--source",
+        "vc",
+        "--dest",
+        "vk0",
+        "--exclusive",
+        "--priority",
+        "30",
+        "--filter",
+        "icmp",
+    ]);
+    let caps: Vec<Capture> = topo.collectors.iter().take(2).map(|c| Capture::start(c, "eth0")).collect();
+    let r = ping(&topo.client, SERVER_IP, PINGS);
+    assert_eq!(r.received, u64::from(PINGS), "pings lost");
+    let got: Vec<Vec<Frame>> = caps.into_iter().map(Capture::stop).collect();
+    assert_eq!(shape(&got[0]), (0, 0, 0), "narrow, now priority 30");
+    assert_eq!(shape(&got[1]), (2 * PINGS as usize, 0, 2 * PINGS as usize), "wide, now first");
+}
+
+/// A rate limit replaced by another starts from a full bucket: a low rate
+/// with a large burst, used up, leaves the bucket running minutes ahead of
+/// now; the new, higher rate must not inherit that debt.
+#[test]
+fn a_replaced_rate_limit_starts_from_a_full_bucket() {
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    let attach = |rate: &str, burst: &str, replace: bool| {
+        let mut args =
+            vec!["attach", "--name", "r", "--source", "vc", "--dest", "vk0", "--direction", "ingress"];
+        args.extend_from_slice(&["--rate-limit", rate, "--burst", burst]);
+        if replace {
+            args.push("--replace");
+        }
+        agent.ok(&args);
+    };
+    attach("10", "500", false);
+    let sink = Sink::start(udp_socket(&topo.server, SERVER, 5353));
+    let client = udp_socket(&topo.client, CLIENT, 0);
+    send_udp(&client, (SERVER, 5353), 600);
+    sink.wait_for(600);
+    // 500 burst (+1): the bucket now runs ~50 s ahead.
+    let mirrored = |a: &mirror_tests::topology::Agent<'_>| packets(&a.stats(), "r", "ingress", "mirrored");
+    assert!((500..=503).contains(&mirrored(&agent)), "{}", mirrored(&agent));
+    attach("100k", "1000", true);
+    let before = mirrored(&agent);
+    send_udp(&client, (SERVER, 5353), 100);
+    sink.wait_for(700);
+    assert_eq!(mirrored(&agent) - before, 100, "the new rate inherited the old bucket's debt");
 }
 
 // ---------------------------------------------------------------- dry run
@@ -946,11 +1001,11 @@ const REFUSED: &[(&[&str], &str)] = &[
 const USAGE: &[(&[&str], &str)] = &[
     (
         &["--rate-limit", "1e99"],
-        "error: invalid value '1e99' for '--rate-limit <PPS>': \"1e99\" is not a count (digits, optionally with k, M or G)\n\nFor more information, try '--help'.\n",
+        "error: invalid value '1e99' for '--rate-limit <PPS>': \"1e99\" is not a count (digits, optionally with a fraction and k, M or G)\n\nFor more information, try '--help'.\n",
     ),
     (
         &["--rate-limit", "10x"],
-        "error: invalid value '10x' for '--rate-limit <PPS>': \"10x\" is not a count (digits, optionally with k, M or G)\n\nFor more information, try '--help'.\n",
+        "error: invalid value '10x' for '--rate-limit <PPS>': \"10x\" is not a count (digits, optionally with a fraction and k, M or G)\n\nFor more information, try '--help'.\n",
     ),
     (
         &["--default-action", "drop"],

@@ -171,28 +171,34 @@ impl SelectArgs {
     }
 }
 
-/// A count with an optional SI suffix: `50k`, `1.5M`, `2G`.
+/// A count with an optional SI suffix: `50k`, `1.5M`, `2G` (exact decimal
+/// arithmetic: the result must be a whole number).
 pub fn parse_count(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a count (digits, optionally with a fraction and k, M or G)");
     let t = text.trim();
-    let (digits, scale) = match t.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&t[..i], 1e3),
-        Some((i, 'M')) => (&t[..i], 1e6),
-        Some((i, 'G')) => (&t[..i], 1e9),
-        _ => (t, 1.0),
+    let (number, scale) = match t.as_bytes().last() {
+        Some(b'k' | b'K') => (&t[..t.len() - 1], 1_000u64),
+        Some(b'M') => (&t[..t.len() - 1], 1_000_000),
+        Some(b'G') => (&t[..t.len() - 1], 1_000_000_000),
+        _ => (t, 1),
     };
-    if let Ok(n) = digits.parse::<u64>()
-        && scale == 1.0
-    {
-        return Ok(n);
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !digits(int) || !digits(frac) {
+        return Err(bad());
     }
-    match digits.parse::<f64>() {
-        Ok(v)
-            if v.is_finite() && v >= 0.0 && (v * scale) <= u64::MAX as f64 && (v * scale).fract() == 0.0 =>
-        {
-            Ok((v * scale) as u64)
+    let too_big = || format!("{text:?} is too large");
+    let int: u64 = if int.is_empty() { 0 } else { int.parse().map_err(|_| too_big())? };
+    let mut value = int.checked_mul(scale).ok_or_else(too_big)?;
+    if !frac.is_empty() {
+        let den = u32::try_from(frac.len()).ok().and_then(|n| 10u64.checked_pow(n)).ok_or_else(bad)?;
+        let num = frac.parse::<u64>().map_err(|_| bad())?.checked_mul(scale).ok_or_else(too_big)?;
+        if num % den != 0 {
+            return Err(format!("{text:?} is not a whole count"));
         }
-        _ => Err(format!("{text:?} is not a count (digits, optionally with k, M or G)")),
+        value = value.checked_add(num / den).ok_or_else(too_big)?;
     }
+    Ok(value)
 }
 
 fn resolve(ctx: &Context, name: &str) -> Result<u32, InputError> {
@@ -642,4 +648,25 @@ pub fn check(ctx: &Context, config_path: &std::path::Path) -> Result<()> {
         println!("  note {session}: {note}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_count;
+
+    #[test]
+    fn counts_take_si_suffixes_and_exact_fractions() {
+        for (text, want) in [("50000", 50_000), ("50k", 50_000), ("4.1M", 4_100_000), ("8.2G", 8_200_000_000)]
+        {
+            assert_eq!(parse_count(text), Ok(want), "{text}");
+        }
+        assert_eq!(parse_count("16.1k"), Ok(16_100));
+        assert_eq!(parse_count("1.0005k").unwrap_err(), "\"1.0005k\" is not a whole count");
+        assert_eq!(
+            parse_count("fast").unwrap_err(),
+            "\"fast\" is not a count (digits, optionally with a fraction and k, M or G)"
+        );
+        assert!(parse_count("99999999999999999999G").unwrap_err().contains("too large"));
+        assert!(parse_count("-5").is_err() && parse_count("").is_err() && parse_count(".").is_err());
+    }
 }

@@ -774,7 +774,7 @@ policy:
         ),
         (
             "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    rate_limit: fast\n",
-            "c.yaml:5:17: sessions[0].rate_limit: \"fast\" is not a count (digits, optionally with k, M or G)",
+            "c.yaml:5:17: sessions[0].rate_limit: \"fast\" is not a count (digits, optionally with a fraction and k, M or G)",
         ),
         (
             "sessions:\n  - name: a\n    sources: [{name: x}]\n    dest: d\n    priority: 70000\n",

@@ -13,7 +13,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, Result};
-use mirror_common::{MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, MAX_SOURCE_HOOKS, SessionConfig, SourceKey};
+use mirror_common::{
+    MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, MAX_SOURCE_HOOKS, SessionConfig, SourceKey, filter,
+};
 
 use crate::{
     dataplane::{
@@ -173,6 +175,8 @@ impl std::fmt::Display for Change {
 struct Capacity {
     fan_out: BTreeMap<SourceKey, usize>,
     hooks: usize,
+    /// `FILTER_INSNS` the plan's programs would hold.
+    insns: u32,
 }
 
 impl Capacity {
@@ -184,7 +188,22 @@ impl Capacity {
             }
         }
         let hooks = store.map_or(0, Store::hook_count);
-        Self { fan_out, hooks }
+        Self { fan_out, hooks, insns: Store::filter_insns_in_use(sessions) }
+    }
+
+    /// Takes a program of `len` instructions in (a changed one is written
+    /// next to the old), or explains why not.
+    fn take_program(&mut self, len: u32) -> Result<(), String> {
+        if self.insns + len > filter::POOL_INSNS {
+            return Err(format!(
+                "its filter ({len} instructions) does not fit: the filters of this namespace hold {} of the {} \
+                 instructions the datapath has",
+                self.insns,
+                filter::POOL_INSNS
+            ));
+        }
+        self.insns += len;
+        Ok(())
     }
 
     /// Takes `add` in, or explains why not (and takes nothing).
@@ -272,6 +291,12 @@ pub fn plan(store: Option<&Store>, wanted: &[SessionSpec], owner: Owner, prune: 
                 }
                 let mut trial = capacity.clone();
                 trial.release(&remove);
+                let new_program =
+                    if spec.select.matches(&s.config, &s.select_text) { 0 } else { program_len(spec) };
+                if let Err(why) = trial.take_program(new_program) {
+                    changes.push(Change::Refused { name: spec.name.clone(), why });
+                    continue;
+                }
                 if let Err(why) = trial.take(&add, &spec.taps) {
                     // The additions are refused; removals and the new
                     // configuration need no capacity, and still apply.
@@ -303,8 +328,10 @@ pub fn plan(store: Option<&Store>, wanted: &[SessionSpec], owner: Owner, prune: 
                     });
                     continue;
                 }
-                match capacity.take(&add, &spec.taps) {
+                let mut trial = capacity.clone();
+                match trial.take_program(program_len(spec)).and_then(|()| trial.take(&add, &spec.taps)) {
                     Ok(()) => {
+                        capacity = trial;
                         occupied += 1;
                         changes.push(Change::Create(spec.clone()));
                     }
@@ -314,6 +341,10 @@ pub fn plan(store: Option<&Store>, wanted: &[SessionSpec], owner: Owner, prune: 
         }
     }
     Ok(changes)
+}
+
+fn program_len(spec: &SessionSpec) -> u32 {
+    spec.select.program.as_ref().map_or(0, |p| p.insns.len() as u32)
 }
 
 fn now_unix_secs() -> u64 {
@@ -444,4 +475,23 @@ pub fn apply(
         return Err(e);
     }
     Ok(created)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_refused_once_the_namespace_pool_is_full() {
+        let mut c = Capacity { fan_out: BTreeMap::new(), hooks: 0, insns: filter::POOL_INSNS - 300 };
+        assert_eq!(c.take_program(256), Ok(()));
+        let err = c.take_program(100).unwrap_err();
+        assert_eq!(
+            err,
+            "its filter (100 instructions) does not fit: the filters of this namespace hold 65492 of the 65536 \
+             instructions the datapath has"
+        );
+        assert_eq!(c.insns, filter::POOL_INSNS - 44, "a refused program takes nothing");
+        assert_eq!(c.take_program(44), Ok(()));
+    }
 }

@@ -395,15 +395,41 @@ impl Store {
     pub fn wait_for_readers(&mut self) -> Result<()> {
         crate::dataplane::rcu::wait_for_running_programs()?;
         self.freed_since_grace_period = false;
-        self.retired_banks.clear();
         self.banks_quiet = true;
         if let Some(pool) = &mut self.pool {
             for (start, len) in self.pending_release.drain(..) {
                 pool.release(start, len);
             }
         }
+        // A bank given up before this grace period, that no published slot
+        // names any more, is free: its program's range goes back to the pool
+        // (else every session that ever changed would hold two).
+        let in_use = self.banks_in_use();
+        for index in std::mem::take(&mut self.retired_banks) {
+            if in_use.contains(&index) {
+                self.retired_banks.insert(index);
+                continue;
+            }
+            let old = self.selectors.get(&index, 0).context("reading SELECTORS")?;
+            if old != Selector::default() {
+                if let Some(pool) = &mut self.pool {
+                    pool.release(old.prog_start, old.prog_len);
+                }
+                self.selectors.set(index, Selector::default(), 0).context("writing SELECTORS")?;
+            }
+        }
         self.entries_pool.settle(self.hooks.values().map(|h| h.entry).chain(self.stray.iter().copied()));
         Ok(())
+    }
+
+    /// The `SELECTORS` banks published slots name.
+    fn banks_in_use(&self) -> BTreeSet<u32> {
+        self.hooks
+            .values()
+            .flat_map(|h| h.sessions.slots[..h.sessions.slot_count as usize].iter())
+            .filter(|slot| slot.flags & slot_flags::NEEDS_SELECTOR != 0)
+            .map(|slot| selector_index(slot.session_id, slot.flags & slot_flags::BANK1 != 0))
+            .collect()
     }
 
     /// Call before any write that fills a session slot.
@@ -432,7 +458,7 @@ impl Store {
             if slot.flags & slot_flags::INCLUDE_COPIES != 0 {
                 entry.flags |= entry_flags::INCLUDE_COPIES;
             }
-            if slot.flags & !slot_flags::BANK1 != 0 {
+            if slot.flags & !(slot_flags::BANK1 | slot_flags::INCLUDE_COPIES) != 0 {
                 entry.flags |= entry_flags::SELECTS;
             }
         }
@@ -606,19 +632,29 @@ impl Store {
     ) -> Result<()> {
         let bank1 = !fresh && config.select_bank == 0;
         let index = selector_index(id, bank1);
+        if !fresh && self.banks_in_use().contains(&index) {
+            // An update was interrupted: some slots still name the bank this
+            // one would write. Point them at the current bank first.
+            self.refresh_slots(id)?;
+            self.wait_for_readers()?;
+        }
         if !self.banks_quiet || self.retired_banks.contains(&index) {
             self.wait_for_readers()?;
         }
         let old = self.selectors.get(&index, 0).context("reading SELECTORS")?;
         let program = select.program.as_ref();
-        let start = {
+        let want = program.map_or(0, |p| p.insns.len() as u32);
+        let mut start = {
             let pool = self.pool()?;
             pool.release(old.prog_start, old.prog_len);
-            match program {
-                Some(p) => pool.take(p.insns.len() as u32)?,
-                None => 0,
-            }
+            if want == 0 { Ok(0) } else { pool.take(want) }
         };
+        if start.is_err() && (!self.retired_banks.is_empty() || !self.pending_release.is_empty()) {
+            // Ranges given up but not yet past a grace period: wait, retry.
+            self.wait_for_readers()?;
+            start = self.pool()?.take(want);
+        }
+        let start = start?;
         if let Some(p) = program {
             for (i, insn) in p.insns.iter().enumerate() {
                 self.insns.set(start + i as u32, *insn, 0).context("writing FILTER_INSNS")?;
@@ -776,10 +812,22 @@ impl Store {
         select: Option<&SelectSpec>,
     ) -> Result<()> {
         let mut config = *config;
+        let old = self.sessions.get(&id, 0).context("reading SESSIONS")?;
         if let Some(select) = select {
             self.write_selection(id, &mut config, select, false)?;
         }
+        // A bucket filled under the old rate may run far ahead of now (a
+        // large burst at a low rate): the new rate starts with a full bucket.
+        let rate = |c: &SessionConfig| (c.rate_limit_pps, c.rate_limit_bps, c.burst_packets, c.burst_bytes);
+        if rate(&old) != rate(&config) {
+            self.rate.set(id, RateState::default(), 0).context("writing RATE_STATE")?;
+        }
         self.sessions.set(id, config, 0).context("writing SESSIONS")
+    }
+
+    /// Instructions the sessions' current programs hold in `FILTER_INSNS`.
+    pub fn filter_insns_in_use(sessions: &[Session]) -> u32 {
+        sessions.iter().map(|s| s.config.filter_insns).sum()
     }
 
     /// Makes every hook feeding session `id` carry its current configuration.
@@ -789,8 +837,12 @@ impl Store {
         for (key, mut entry) in self.source_hooks() {
             let n = entry.slot_count as usize;
             let Some(slot) = entry.slots[..n].iter_mut().find(|s| s.session_id == id) else { continue };
-            if *slot != want {
-                *slot = want;
+            let changed = *slot != want;
+            *slot = want;
+            // A changed priority moves the slot even if its bytes stay.
+            let mut ordered = entry;
+            self.order_slots(&mut ordered)?;
+            if changed || ordered.slots != entry.slots {
                 self.set_hook(key, entry)?;
             }
         }

@@ -96,7 +96,9 @@ pub struct Frame<'a> {
 impl<'a> Frame<'a> {
     /// `direction` is the hook's ([`mirror_common::direction`]).
     pub fn new(bytes: &'a [u8], direction: u32) -> Self {
-        let fields = mirror_common::parse::parse_fields(&Bytes(bytes), direction);
+        // The datapath parses the copy of the frame's head it makes per packet.
+        let head = &bytes[..bytes.len().min(mirror_common::filter::HEADER_BYTES as usize)];
+        let fields = mirror_common::parse::parse_fields(&Bytes(head), direction);
         Self { bytes, fields }
     }
 
@@ -108,6 +110,10 @@ impl<'a> Frame<'a> {
 struct Bytes<'a>(&'a [u8]);
 
 fn load_be(bytes: &[u8], off: u32, size: u32) -> Option<u32> {
+    // As the datapath: a load is 1, 2 or 4 bytes (the compiler emits no other).
+    if size != 1 && size != 2 && size != 4 {
+        return None;
+    }
     let start = usize::try_from(off).ok()?;
     let s = bytes.get(start..start.checked_add(size as usize)?)?;
     Some(s.iter().fold(0, |v, b| v << 8 | u32::from(*b)))
