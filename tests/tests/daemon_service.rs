@@ -543,7 +543,11 @@ fn prometheus_scrapes_exactly_what_stats_reports() {
     const N: u32 = 100;
     let topo = quiet_topology(1);
     let metrics = format!("127.0.0.1:{}", free_port());
-    let daemon = Daemon::start(&topo.host, CONFIG_X, &["--metrics", &metrics]);
+    // y sees the same echo requests and filters them all out.
+    let config = format!(
+        "{CONFIG_X}  - name: y\n    sources: [{{name: vc}}]\n    dest: vk0\n    direction: ingress\n    filter: \"icmp[icmptype] = icmp-echoreply\"\n"
+    );
+    let daemon = Daemon::start(&topo.host, &config, &["--metrics", &metrics]);
     let prom = Prometheus::start(&metrics);
     prom.wait(Duration::from_secs(15), "prometheus to scrape the agent (up == 1)", || {
         prom.query("up{job=\"mirror-agent\"}").as_deref() == Some("1")
@@ -566,6 +570,10 @@ fn prometheus_scrapes_exactly_what_stats_reports() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(header(&head, "content-type"), Some("text/plain; version=0.0.4; charset=utf-8"), "{head}");
     assert!(classic.contains(&format!("{series} {figure}\n")), "{classic}");
+    let filtered =
+        r#"mirror_agent_not_copied_packets_total{session="y",direction="ingress",reason="filtered"}"#;
+    assert_eq!(agent.packets("y", "ingress", "filtered"), figure);
+    assert!(classic.contains(&format!("{filtered} {figure}\n")), "{classic}");
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
