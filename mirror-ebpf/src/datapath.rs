@@ -1,6 +1,6 @@
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::generated::{bpf_clone_redirect, bpf_loop, bpf_skb_change_tail},
+    helpers::generated::{bpf_clone_redirect, bpf_skb_change_tail},
     macros::{classifier, map},
     maps::{Array, HashMap, PerCpuArray},
     programs::TcContext,
@@ -11,8 +11,6 @@ use mirror_common::{
     copy_mark, counter_index, cut_verdict, direction, entry_flags, reason, selector_flags, selector_index,
     slot_flags, source_index,
 };
-
-use core::ffi::c_void;
 
 use crate::select::{self, Lens, SELECTORS};
 
@@ -117,8 +115,7 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
     let (mark, ifindex, len) = unsafe { ((*skb).mark, (*skb).ifindex, (*skb).len) };
 
     let is_copy = copy_mark::is_copy(mark);
-    let entry = source_entry(ifindex, direction);
-    let Some(entry) = entry else {
+    let Some((entry, number)) = source_entry(ifindex, direction) else {
         let why = if is_copy { reason::COPY_NOT_REMIRRORED } else { reason::NO_SESSION };
         count(GLOBAL_SESSION_ID, direction, why, len);
         return;
@@ -145,133 +142,78 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
         count(GLOBAL_SESSION_ID, direction, reason::COPY_NOT_REMIRRORED, len);
         return;
     }
-    walk_selecting(skb, entry, direction, mark, len);
-}
-
-/// What each step of [`walk_selecting`] needs, on its stack.
-#[repr(C)]
-struct Walk {
-    skb: *mut __sk_buff,
-    entry: *const SourceEntry,
-    /// The run's view; `None` if the per-CPU map cannot be read.
-    lens: Option<Lens>,
-    direction: u32,
-    len: u32,
-    /// 0 for an original, else how many copies deep the packet is.
-    depth: u32,
-    _pad: u32,
-}
-
-/// The slots of a hook where some select, or of a copy that some include:
-/// one slot per `bpf_loop` iteration, so that the verifier checks the
-/// selection steps once, not once per slot and per path through the slots
-/// before it.
-#[inline(never)]
-fn walk_selecting(skb: *mut __sk_buff, entry: *const SourceEntry, direction: u32, mark: u32, len: u32) {
-    let is_copy = copy_mark::is_copy(mark);
     // A copy being mirrored again is itself inside the clone call of the hook
-    // that made it, which reads the cut verdict once we return.
+    // that made it, which reads the cut verdict and its exclusive claim once
+    // we return; our own copies must not find its cut request.
     let outer_verdict = if is_copy { read_cut_verdict() } else { cut_verdict::NONE };
     if is_copy {
-        // Our slots' copies must not find the outer copy's cut request.
         set_cut_verdict(cut_verdict::NONE);
     }
-    let mut walk = Walk {
-        skb,
-        entry,
-        lens: Lens::begin(skb, direction),
-        direction,
-        len,
-        depth: if is_copy { copy_mark::depth(mark) } else { 0 },
-        _pad: 0,
-    };
-    // A nested run (this copy is being sent from inside the outer run's
-    // clone call) must give the outer run its exclusive claim back.
-    let outer_claim = walk.lens.as_ref().map_or(0, Lens::claim_state);
-    // SAFETY: array elements live as long as the map (see `mirror_from_source`).
-    let slots = unsafe { (*entry).slot_count };
-    let slots = if slots > MAX_SESSIONS_PER_SOURCE as u32 { MAX_SESSIONS_PER_SOURCE as u32 } else { slots };
-    // SAFETY: `walk_slot` has the callback signature `bpf_loop` expects and
-    // is only handed `walk`, which outlives the call.
-    unsafe {
-        bpf_loop(slots, walk_slot as *mut c_void, (&raw mut walk).cast(), 0);
-        (*skb).mark = mark;
+    let (run, outer_claim) = select::begin_run();
+    for i in 0..MAX_SESSIONS_PER_SOURCE {
+        if i as u32 >= slot_count {
+            break;
+        }
+        // SAFETY: as above.
+        let flags = unsafe { (*entry).slots[i].flags };
+        if !is_copy && flags & !slot_flags::BANK1 == 0 {
+            // SAFETY: as above.
+            let slot = unsafe { (*entry).slots[i] };
+            copy(skb, &slot, direction, len, 1);
+        } else {
+            mirror_slot(skb, direction << 8 | i as u32, number, mark, run);
+        }
     }
+    ctx.set_mark(mark);
     if is_copy {
         set_cut_verdict(outer_verdict);
-        if let Some(lens) = &walk.lens {
-            lens.restore_claim(outer_claim);
-        }
+        select::end_nested_run(outer_claim);
     }
 }
 
-/// Slot `index` of the walk: admit, then copy.
+/// Slot `where_ & 0xff` (of direction `where_ >> 8`) of entry `number`,
+/// for a packet whose own mark is `mark`, in selection run `run`: admits it
+/// (counting why not), then copies it.
 ///
-/// The steps are out-of-line functions called from a single state and
-/// re-reading what they need (with volatile reads, so that the compiler
-/// does not carry it over in registers): the verifier checks each of them
-/// once, instead of once per path that led to it.
+/// A global function: the verifier checks it once, on its own, whatever
+/// the paths that call it (eight unrolled slots would otherwise multiply its
+/// states); it re-reads what it needs from the maps, from the one entry the
+/// caller saw.
+#[unsafe(no_mangle)]
 #[inline(never)]
-extern "C" fn walk_slot(index: u64, ctx: *mut c_void) -> i64 {
-    if index >= MAX_SESSIONS_PER_SOURCE as u64 {
-        return 1;
+pub extern "C" fn mirror_slot(skb: *mut __sk_buff, where_: u32, number: u32, mark: u32, run: u64) -> u32 {
+    let direction = (where_ >> 8) & 1;
+    let index = where_ as usize & (MAX_SESSIONS_PER_SOURCE - 1);
+    let Some(entry) = SOURCE_ENTRIES.get_ptr(number) else { return 0 };
+    // SAFETY: an array element, alive for the program's run (see
+    // `mirror_from_source`); `index` is masked into the slots.
+    let slot = unsafe { (*entry).slots[index] };
+    if skb.is_null() {
+        return 0;
     }
-    let w = ctx.cast::<Walk>().cast_const();
-    if admit(w, index as u32) {
-        copy_slot(w, index as u32);
-    }
-    0
-}
-
-/// Slot `index` of the walk's entry, read afresh.
-#[inline(always)]
-fn slot_at(w: *const Walk, index: u32) -> (SessionSlot, &'static Walk) {
-    // SAFETY: `walk_selecting` passes its `Walk`, alive for the whole loop;
-    // the entry is an array element (see `mirror_from_source`); the index is
-    // masked into the slots.
-    unsafe {
-        let w = &*w;
-        let slot =
-            core::ptr::read_volatile(&(*w.entry).slots[index as usize & (MAX_SESSIONS_PER_SOURCE - 1)]);
-        (slot, w)
-    }
-}
-
-/// Whether slot `index` copies this packet; counts why not.
-#[inline(never)]
-fn admit(w: *const Walk, index: u32) -> bool {
-    let (slot, w) = slot_at(w, index);
-    // SAFETY: as in `slot_at`.
-    let depth = unsafe { core::ptr::read_volatile(&w.depth) };
+    // SAFETY: the program's own context (the verifier types it so).
+    let len = unsafe { (*skb).len };
+    let depth = if copy_mark::is_copy(mark) { copy_mark::depth(mark) } else { 0 };
     if depth != 0 {
         if slot.flags & slot_flags::INCLUDE_COPIES == 0 {
-            return false;
+            return 0;
         }
         if depth >= copy_mark::MAX_DEPTH {
-            count(slot.session_id, w.direction, reason::HOP_LIMIT, w.len);
-            return false;
+            count(slot.session_id, direction, reason::HOP_LIMIT, len);
+            return 0;
         }
     }
-    slot.flags & !slot_flags::BANK1 == 0 || decide(w, index)
-}
-
-/// The selection steps of slot `index` (see [`selects`]).
-#[inline(never)]
-fn decide(w: *const Walk, index: u32) -> bool {
-    let (slot, w) = slot_at(w, index);
-    let len = w.len;
-    let Some(lens) = &w.lens else {
-        count(slot.session_id, w.direction, reason::FILTERED, len);
-        return false;
-    };
-    selects(lens, &slot, w.direction, len)
-}
-
-/// Sends the copy of slot `index`.
-#[inline(never)]
-fn copy_slot(w: *const Walk, index: u32) {
-    let (slot, w) = slot_at(w, index);
-    copy(w.skb, &slot, w.direction, w.len, w.depth + 1);
+    if slot.flags & !(slot_flags::BANK1 | slot_flags::INCLUDE_COPIES) != 0 {
+        let Some(lens) = Lens::resume(skb, direction, run) else {
+            count(slot.session_id, direction, reason::FILTERED, len);
+            return 0;
+        };
+        if !selects(&lens, &slot, direction, len) {
+            return 0;
+        }
+    }
+    copy(skb, &slot, direction, len, depth + 1);
+    1
 }
 
 /// Sends one copy for `slot` and counts how it went.
@@ -381,7 +323,7 @@ fn selects(lens: &Lens, slot: &SessionSlot, direction: u32, len: u32) -> bool {
 /// The entry of hook `(ifindex, direction)`: through its direct cell if the
 /// cell is its own, else through its overflow cell.
 #[inline(always)]
-fn source_entry(ifindex: u32, direction: u32) -> Option<*const SourceEntry> {
+fn source_entry(ifindex: u32, direction: u32) -> Option<(*const SourceEntry, u32)> {
     let hook = SourceKey { ifindex, direction };
     if let Some(entry) = entry_in(source_index::cell(ifindex, direction), hook) {
         return Some(entry);
@@ -395,7 +337,7 @@ fn source_entry(ifindex: u32, direction: u32) -> Option<*const SourceEntry> {
 
 /// The entry published in `cell`, if it belongs to `hook`.
 #[inline(always)]
-fn entry_in(cell: u32, hook: SourceKey) -> Option<*const SourceEntry> {
+fn entry_in(cell: u32, hook: SourceKey) -> Option<(*const SourceEntry, u32)> {
     // An 8-byte aligned load: the agent publishes cells with one atomic store.
     let r = SOURCE_INDEX.get(cell).copied().unwrap_or(NO_ENTRY);
     entry_of(r, hook)
@@ -403,14 +345,15 @@ fn entry_in(cell: u32, hook: SourceKey) -> Option<*const SourceEntry> {
 
 /// The entry `r` refers to, if it belongs to `hook`.
 #[inline(always)]
-fn entry_of(r: EntryRef, hook: SourceKey) -> Option<*const SourceEntry> {
+fn entry_of(r: EntryRef, hook: SourceKey) -> Option<(*const SourceEntry, u32)> {
     if r == NO_ENTRY {
         return None;
     }
-    let entry = SOURCE_ENTRIES.get_ptr((r - 1) as u32)?;
+    let number = (r - 1) as u32;
+    let entry = SOURCE_ENTRIES.get_ptr(number)?;
     // SAFETY: pointer from a successful array lookup.
     let owner = unsafe { (*entry).hook };
-    (owner == hook).then_some(entry)
+    (owner == hook).then_some((entry, number))
 }
 
 #[inline(always)]

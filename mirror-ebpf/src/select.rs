@@ -91,18 +91,15 @@ pub(crate) struct Lens {
 }
 
 impl Lens {
-    /// Starts a run; `None` if the per-CPU map is unreadable (the caller
-    /// then selects nothing it cannot judge).
+    /// The view of run `run` (see [`begin_run`]); `None` if the per-CPU map
+    /// is unreadable, or the run could not begin (the caller then selects
+    /// nothing it cannot judge).
     #[inline(always)]
-    pub(crate) fn begin(skb: *mut __sk_buff, direction: u32) -> Option<Self> {
+    pub(crate) fn resume(skb: *mut __sk_buff, direction: u32, run: u64) -> Option<Self> {
+        if run == 0 {
+            return None;
+        }
         let view = VIEW.get_ptr_mut(0)?;
-        // SAFETY: per-CPU value of this CPU; no other program runs on this
-        // CPU while we do, except nested ones inside our own helper calls.
-        let run = unsafe {
-            let run = (*view).run_counter.wrapping_add(1);
-            (*view).run_counter = run;
-            run
-        };
         Some(Self { skb, view, run, direction })
     }
 
@@ -113,11 +110,11 @@ impl Lens {
     #[inline(always)]
     pub(crate) fn prepare(&self, selector: &Selector) {
         let view = self.view;
-        // SAFETY: as in `begin`.
+        // SAFETY: as in `begin_run`.
         if unsafe { (*view).filled_run } != self.run {
             fill(view, self.skb, self.run);
         }
-        // SAFETY: as in `begin`.
+        // SAFETY: as in `begin_run`.
         let parsed = unsafe { (*view).parsed_run } == self.run;
         if selector.flags & selector_flags::FIELDS != 0 && !parsed {
             parse_view(view, self.direction, self.run);
@@ -135,7 +132,7 @@ impl Lens {
     #[inline(always)]
     pub(crate) fn sampled(&self, selector: &Selector) -> bool {
         let draw = if selector.flags & selector_flags::SAMPLE_FLOW != 0 {
-            // SAFETY: as in `begin`.
+            // SAFETY: as in `begin_run`.
             parse::flow_hash(unsafe { &(*self.view).fields })
         } else {
             // SAFETY: helper without arguments.
@@ -147,28 +144,39 @@ impl Lens {
     /// Whether an exclusive slot already took the packet in this run.
     #[inline(always)]
     pub(crate) fn claimed(&self) -> bool {
-        // SAFETY: as in `begin`.
+        // SAFETY: as in `begin_run`.
         unsafe { (*self.view).claimed_run == self.run }
     }
 
     #[inline(always)]
     pub(crate) fn claim(&self) {
-        // SAFETY: as in `begin`.
+        // SAFETY: as in `begin_run`.
         unsafe { (*self.view).claimed_run = self.run };
     }
+}
 
-    /// The claim as it stands (to put back after a nested run).
-    #[inline(always)]
-    pub(crate) fn claim_state(&self) -> u64 {
-        // SAFETY: as in `begin`.
-        unsafe { (*self.view).claimed_run }
+/// Starts a selection run for the packet at hand: its number (0 if the
+/// view cannot be read), and the exclusive claim of the run it may
+/// interrupt (see [`end_nested_run`]).
+#[inline(always)]
+pub(crate) fn begin_run() -> (u64, u64) {
+    let Some(view) = VIEW.get_ptr_mut(0) else { return (0, 0) };
+    // SAFETY: per-CPU value of this CPU; no other program runs on this CPU
+    // while we do, except nested ones inside our own helper calls.
+    unsafe {
+        let run = (*view).run_counter.wrapping_add(1).max(1);
+        (*view).run_counter = run;
+        (run, (*view).claimed_run)
     }
+}
 
-    /// Puts back the claim of the run this nested one interrupted.
-    #[inline(always)]
-    pub(crate) fn restore_claim(&self, claimed_run: u64) {
-        // SAFETY: as in `begin`.
-        unsafe { (*self.view).claimed_run = claimed_run };
+/// Ends a run nested in another one (a copy being copied again, from inside
+/// the outer run's clone call): gives the outer run its claim back.
+#[inline(always)]
+pub(crate) fn end_nested_run(outer_claim: u64) {
+    if let Some(view) = VIEW.get_ptr_mut(0) {
+        // SAFETY: as in `begin_run`.
+        unsafe { (*view).claimed_run = outer_claim };
     }
 }
 
@@ -177,7 +185,7 @@ impl Lens {
 #[inline(never)]
 fn parse_view(view: *mut View, direction: u32, run: u64) {
     let reader = HeaderReader { view };
-    // SAFETY: as in `Lens::begin`.
+    // SAFETY: as in `begin_run`.
     unsafe {
         parse::parse_fields_into(&reader, direction, &mut (*view).fields);
         (*view).parsed_run = run;
@@ -357,9 +365,17 @@ struct Run {
 /// Out of line: the machine's state lives in this frame, not the hook's.
 #[inline(never)]
 fn run(view: *mut View, skb: *mut __sk_buff, start: u32, len: u32) -> bool {
-    // SAFETY: as in `Lens::begin`; no nested run can start inside a filter
+    // SAFETY: as in `begin_run`; no nested run can start inside a filter
     // (it calls no helper that transmits).
-    unsafe { (*view).machine = Machine::default() };
+    // Registers only: the compiler stores a scratch word before it loads it
+    // (as libpcap does), so `M[]` needs no clearing.
+    unsafe {
+        let m = &mut (*view).machine;
+        m.a = 0;
+        m.x = 0;
+        m.pc = 0;
+        m.verdict = vm::verdict::RUNNING;
+    }
     let mut state = Run { reader: Reader { view, skb }, start, len };
     // One instruction per iteration: the verifier checks `step` once, however
     // long programs are. Jumps only go forward, so `MAX_INSNS` iterations
@@ -367,29 +383,38 @@ fn run(view: *mut View, skb: *mut __sk_buff, start: u32, len: u32) -> bool {
     // SAFETY: `step` has the callback signature `bpf_loop` expects and is
     // only handed `state`, which outlives the call.
     unsafe {
-        bpf_loop(filter::MAX_INSNS, step as *mut c_void, (&raw mut state).cast(), 0);
+        bpf_loop(filter::MAX_INSNS / STEPS_PER_CALL, step as *mut c_void, (&raw mut state).cast(), 0);
         (*view).machine.verdict == vm::verdict::ACCEPT
     }
 }
 
-/// One instruction; returns 1 to stop the loop.
+/// Instructions run per `bpf_loop` iteration: fewer callback calls per
+/// instruction, at the price of checking the step this many times.
+const STEPS_PER_CALL: u32 = 4;
+
+/// Up to [`STEPS_PER_CALL`] instructions; returns 1 to stop the loop.
 #[inline(never)]
 extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `run` passes its `Run`, alive for the whole loop.
     let state = unsafe { &*ctx.cast::<Run>() };
-    // SAFETY: the machine is in this CPU's view (see `Lens::begin`).
+    // SAFETY: the machine is in this CPU's view (see `begin_run`).
     let machine = unsafe { &mut (*state.reader.view.cast_mut()).machine };
-    let pc = machine.pc;
-    if pc >= state.len || pc >= filter::MAX_INSNS {
-        machine.verdict = vm::verdict::REJECT;
-        return 1;
+    for _ in 0..STEPS_PER_CALL {
+        let pc = machine.pc;
+        if pc >= state.len || pc >= filter::MAX_INSNS {
+            machine.verdict = vm::verdict::REJECT;
+            return 1;
+        }
+        let Some(insn) = FILTER_INSNS.get(state.start.wrapping_add(pc)) else {
+            machine.verdict = vm::verdict::REJECT;
+            return 1;
+        };
+        let insn = *insn;
+        if !vm::step(machine, &insn, &state.reader) {
+            return 1;
+        }
     }
-    let Some(insn) = FILTER_INSNS.get(state.start.wrapping_add(pc)) else {
-        machine.verdict = vm::verdict::REJECT;
-        return 1;
-    };
-    let insn = *insn;
-    if vm::step(machine, &insn, &state.reader) { 0 } else { 1 }
+    0
 }
 
 /// The session's rate limit: true if a copy of `bytes` fits its budget now,

@@ -3,6 +3,10 @@
 //! in this kernel; this reaches ~1.3 Mpps on one core here.
 use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -103,6 +107,11 @@ fn socket() -> Result<OwnedFd> {
 /// Sends `load` from the generator namespace on a pinned thread; returns
 /// the packets the socket accepted.
 pub fn run(load: Load) -> Result<u64> {
+    run_until(load, Arc::default())
+}
+
+/// [`run`], ending early once `stop` is set.
+pub fn run_until(load: Load, stop: Arc<AtomicBool>) -> Result<u64> {
     std::thread::spawn(move || -> Result<u64> {
         pin_to(load.cpu)?;
         lab::enter(GEN)?;
@@ -122,7 +131,7 @@ pub fn run(load: Load) -> Result<u64> {
         let interval = load.pps.map(|pps| Duration::from_secs_f64(BURST as f64 / pps as f64));
         let mut next = start;
         let mut sent = 0u64;
-        while start.elapsed() < load.duration {
+        while start.elapsed() < load.duration && !stop.load(Ordering::Relaxed) {
             // SAFETY: `msgs` holds BURST valid headers pointing at live buffers.
             let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), BURST as u32, 0) };
             if n > 0 {

@@ -94,6 +94,9 @@ pub struct Lab {
     softirq: Option<Ebpf>,
     /// `bench_clone_floor` on the source, while the clone-floor variant runs.
     clone_floor: Option<Ebpf>,
+    /// `bench_sink` at tcx/egress of mon0, while the rate mode runs: copies
+    /// are counted and dropped as the destination takes them.
+    dest_sink: Option<Ebpf>,
     /// Destination MAC of the generator's frames.
     pub first_hop: [u8; 6],
 }
@@ -217,7 +220,7 @@ impl Lab {
         let sink = Some(load_sink(&object, SINK)?);
         let col = load_sink(&object, COL)?;
         let first_hop = if forwarding == Forwarding::Bridged { SINK_MAC } else { SRC0_MAC };
-        Ok(Self { object, sink, col, softirq: None, clone_floor: None, first_hop })
+        Ok(Self { object, sink, col, softirq: None, clone_floor: None, dest_sink: None, first_hop })
     }
 
     pub fn set_net_rx_accounting(&mut self, on: bool) -> Result<()> {
@@ -266,6 +269,29 @@ impl Lab {
         Ok(())
     }
 
+    /// Attaches (or detaches) `bench_sink` at tcx/egress of `dest`, first in
+    /// its chain: copies then cost the source's CPU only the clone and the
+    /// redirect, and [`Self::dest_copies`] counts them.
+    pub fn set_dest_sink(&mut self, dest: Option<&str>) -> Result<()> {
+        detach_in(HOST, self.dest_sink.take())?;
+        let Some(dest) = dest else { return Ok(()) };
+        let object = &self.object;
+        self.dest_sink = Some(in_ns(HOST, || {
+            let mut ebpf = Ebpf::load(object).context("loading the bench object")?;
+            let prog: &mut SchedClassifier =
+                ebpf.program_mut("bench_sink").context("bench_sink")?.try_into()?;
+            prog.load()?;
+            prog.attach(dest, TcAttachType::Egress)?;
+            Ok(ebpf)
+        })?);
+        Ok(())
+    }
+
+    /// Copies counted at the destination's egress ([`Self::set_dest_sink`]).
+    pub fn dest_copies(&self) -> Result<u64> {
+        Self::sum(self.dest_sink.as_ref().context("destination sink detached")?, "SINK_PACKETS")
+    }
+
     /// The sink drops in every mode but TCP, where it must answer.
     pub fn set_sink_drop(&mut self, dropping: bool) -> Result<()> {
         match (dropping, self.sink.is_some()) {
@@ -291,12 +317,9 @@ impl Lab {
         Self::sum(&self.col, "SINK_PACKETS")
     }
 
-    /// Packets `src0` has received (the kernel's counter: every one of them
-    /// reaches the source's hooks).
-    pub fn source_rx_packets(&self) -> Result<u64> {
-        let out = ip(HOST, &["-j", "-s", "link", "show", "dev", "src0"])?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        v[0]["stats64"]["rx"]["packets"].as_u64().context("src0 rx packets")
+    /// A reader of the packets `src0` has received.
+    pub fn source_rx(&self) -> Result<RxCounter> {
+        in_ns(HOST, || Ok(RxCounter(std::fs::File::open("/proc/thread-self/net/dev")?)))
     }
 
     /// Nanoseconds `cpu` has spent in NET_RX softirq.
@@ -314,6 +337,27 @@ impl Lab {
             &["sh", "-c", &format!("echo {mask:x} > /sys/class/net/src0/queues/rx-0/rps_cpus")],
         ))
         .map(drop)
+    }
+}
+
+/// Packets `src0` has received: the kernel's counter, which every packet
+/// that reaches the source's hooks passes first. `/proc/net/dev` opened in
+/// the host namespace once, re-read from the start: cheap enough to sample
+/// every few milliseconds.
+#[derive(Debug)]
+pub struct RxCounter(std::fs::File);
+
+impl RxCounter {
+    pub fn read(&mut self) -> Result<u64> {
+        use std::io::{Read as _, Seek as _};
+        self.0.rewind()?;
+        let mut text = String::new();
+        self.0.read_to_string(&mut text)?;
+        let line = text
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix("src0:"))
+            .context("src0 in /proc/net/dev")?;
+        Ok(line.split_whitespace().nth(1).context("/proc/net/dev columns")?.parse()?)
     }
 }
 

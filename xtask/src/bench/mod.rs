@@ -188,21 +188,33 @@ fn parse_rate(text: &str) -> Result<u64, String> {
 /// the limit, is then empty), plus [`WARMUP`]; at most this long after the
 /// load starts.
 const RATE_DRAIN_MAX: Duration = Duration::from_secs(3);
+/// The rate mode samples the load at the hook this often: a trial counts
+/// only if every slice offered more than the limit, so that the bucket
+/// never had credit to gain (then the window's count is within ±burst of
+/// limit × window, ±0.1 s / --seconds).
+const RATE_SLICE: Duration = Duration::from_millis(100);
 
 /// One `--rate-limit` trial.
 #[derive(Debug, Clone, Copy)]
 struct RateSample {
-    /// Copies per second the collector received in the window.
+    /// Copies per second the destination took in the window.
     achieved: f64,
     /// Packets per second that reached the source's hooks in the window.
     offered: f64,
-    /// Copies the agent counts as handed to the destination that the collector
-    /// never got, over the whole trial: a loss in the lab, not in the limiter.
+    /// The same in the window's slowest [`RATE_SLICE`].
+    offered_min: f64,
+    /// Whether the limit held back copies throughout the window: the bucket
+    /// was emptied before it, and no slice offered less than the limit.
+    valid: bool,
+    /// Copies the agent counts as handed to the destination that the
+    /// destination's counter did not see, over the whole trial (a check of
+    /// the count).
     lost: i64,
     /// Copies the agent counts as `rate_limited` in the whole trial.
     limited: u64,
-    /// From the start of the load to the first copy rate-limited.
-    drained: Duration,
+    /// From the start of the load to the first copy rate-limited (None:
+    /// not within [`RATE_DRAIN_MAX`]).
+    drained: Option<Duration>,
 }
 
 /// Packets the kernel's per-CPU backlogs dropped (all CPUs, since boot).
@@ -242,8 +254,9 @@ fn measure_rate(lab: &Lab, agent: &Path, rate: u64, opts: &Options) -> Result<Ra
     let offered = (rate as f64 * opts.rate_offered / 2.0).round() as u64;
     let secs = Duration::from_secs_f64(opts.seconds);
     // The originals are not forwarded (dropped as "other host" right after
-    // the hooks), which leaves room for 500k copies per second and more
-    // packets than that at the hook.
+    // the hooks), and the copies are counted and dropped at the
+    // destination's egress: that leaves room for 500k copies per second and
+    // more packets than that at the hook.
     let load = Load {
         frame_len: 64,
         dst_mac: lab::NOBODY_MAC,
@@ -254,44 +267,68 @@ fn measure_rate(lab: &Lab, agent: &Path, rate: u64, opts: &Options) -> Result<Ra
     let select = ["--rate-limit".to_owned(), rate.to_string()];
     variants::attach_agent(agent, variants::MON, "both", 0, &select)?;
     let trial = || -> Result<RateSample> {
-        let (c_start, drops_start) = (lab.copies()?, backlog_drops()?);
+        let (c_start, drops_start) = (lab.dest_copies()?, backlog_drops()?);
+        let mut rx = lab.source_rx()?;
         let window = std::thread::scope(|s| -> Result<_> {
-            let gen_threads =
-                [GEN_CPU, PATH_CPU].map(|cpu| s.spawn(move || generator::run(Load { cpu, ..load })));
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let gen_threads = [GEN_CPU, PATH_CPU].map(|cpu| {
+                let stop = stop.clone();
+                s.spawn(move || generator::run_until(Load { cpu, ..load }, stop))
+            });
             let started = std::time::Instant::now();
-            while agent_counts(agent, &["rate_limited"])?[0] == 0 {
-                if started.elapsed() > RATE_DRAIN_MAX {
-                    // Reported: the window's load is below the limit.
-                    eprintln!("  rate {rate}: nothing rate-limited after {RATE_DRAIN_MAX:?}");
+            let mut drained = None;
+            while started.elapsed() <= RATE_DRAIN_MAX {
+                if agent_counts(agent, &["rate_limited"])?[0] > 0 {
+                    drained = Some(started.elapsed());
                     break;
                 }
                 sleep(Duration::from_millis(50));
             }
-            let drained = started.elapsed();
             sleep(WARMUP);
-            let p0 = lab.source_rx_packets()?;
-            let (c0, t0) = (lab.copies()?, std::time::Instant::now());
-            sleep(secs);
-            let (c1, dt) = (lab.copies()?, t0.elapsed());
-            let p1 = lab.source_rx_packets()?;
+            let mut samples = Vec::new();
+            let mut sample = || -> Result<(std::time::Instant, u64, u64)> {
+                let (r, c) = (rx.read()?, lab.dest_copies()?);
+                Ok((std::time::Instant::now(), r, c))
+            };
+            samples.push(sample()?);
+            let end = samples[0].0 + secs;
+            while let Some(left) =
+                end.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero())
+            {
+                sleep(left.min(RATE_SLICE));
+                samples.push(sample()?);
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
             for t in gen_threads {
                 t.join().expect("generator")?;
             }
-            Ok(((p1 - p0) as f64 / dt.as_secs_f64(), (c1 - c0) as f64 / dt.as_secs_f64(), drained))
+            let per_s = |a: &(std::time::Instant, u64, u64), b: &(std::time::Instant, u64, u64)| {
+                let dt = b.0.duration_since(a.0).as_secs_f64();
+                ((b.1 - a.1) as f64 / dt, (b.2 - a.2) as f64 / dt)
+            };
+            let (first, last) = (&samples[0], &samples[samples.len() - 1]);
+            let (offered, achieved) = per_s(first, last);
+            let offered_min = samples.windows(2).map(|w| per_s(&w[0], &w[1]).0).fold(f64::INFINITY, f64::min);
+            Ok((offered, achieved, offered_min, drained))
         })?;
         sleep(Duration::from_millis(50));
-        let delivered = lab.copies()? - c_start;
+        let delivered = lab.dest_copies()? - c_start;
         let drops = backlog_drops()? - drops_start;
-        let counts = agent_counts(agent, &["mirrored", "rate_limited"])?;
+        // The sink's drop at the destination's egress reaches the agent as
+        // NET_XMIT_DROP: it counts those copies as `dest_queue_drop`.
+        let counts = agent_counts(agent, &["mirrored", "dest_queue_drop", "rate_limited"])?;
         if drops > 0 {
             eprintln!("  rate {rate}: the kernel's backlogs dropped {drops} packets in this trial");
         }
+        let (offered, achieved, offered_min, drained) = window;
         Ok(RateSample {
-            achieved: window.1,
-            offered: window.0,
-            lost: counts[0] as i64 - delivered as i64,
-            limited: counts[1],
-            drained: window.2,
+            achieved,
+            offered,
+            offered_min,
+            valid: drained.is_some() && offered_min > rate as f64,
+            lost: (counts[0] + counts[1]) as i64 - delivered as i64,
+            limited: counts[2],
+            drained,
         })
     };
     let sample = trial();
@@ -373,23 +410,27 @@ pub fn run(opts: &Options, agent: &Path, bench_object: &Path) -> Result<()> {
         if opts.modes.contains(&Mode::Rate) {
             lab.set_sink_drop(true)?;
             lab.set_net_rx_accounting(false)?;
+            lab.set_dest_sink(Some(variants::MON))?;
             for &rate in &opts.rate_limits {
                 let s = measure_rate(&lab, agent, rate, opts).with_context(|| format!("rate {rate}"))?;
                 eprintln!(
-                    "repeat {}/{} rate  {:>9} pps limit: {:>9.0} copies/s = {:.4}x; offered {:.0} pps, {} lost, \
-                     {} rate_limited, first after {:?}",
+                    "repeat {}/{} rate  {:>9} pps limit: {:>9.0} copies/s = {:.4}x; at the hook {:.0} pps \
+                     (slowest {:.0}), {} rate_limited, first after {}, {} lost{}",
                     repeat + 1,
                     opts.repeats,
                     rate,
                     s.achieved,
                     s.achieved / rate as f64,
                     s.offered,
-                    s.lost,
+                    s.offered_min,
                     s.limited,
-                    s.drained
+                    s.drained.map_or("-".to_owned(), |d| format!("{d:.2?}")),
+                    s.lost,
+                    if s.valid { "" } else { " (not counted: the load fell below the limit)" },
                 );
                 rate_results.entry(rate).or_default().push(s);
             }
+            lab.set_dest_sink(None)?;
         }
         for &key in &keys {
             lab.set_sink_drop(key.0 != Mode::Tcp)?;
@@ -527,25 +568,31 @@ fn report(
     let mut targets = targets(results);
     let mut rate_rows = Vec::new();
     for (&rate, samples) in rate_results {
-        let ratios: Vec<f64> = samples.iter().map(|s| s.achieved / rate as f64).collect();
-        let (lo, med, hi) = stats(&ratios);
-        let (_, offered, _) = stats(&samples.iter().map(|s| s.offered).collect::<Vec<_>>());
+        let ratio = |s: &RateSample| s.achieved / rate as f64;
+        // Only trials whose load exceeded the limit throughout measure it.
+        let valid: Vec<f64> = samples.iter().filter(|s| s.valid).map(ratio).collect();
         let lost: i64 = samples.iter().map(|s| s.lost).sum();
-        // The limit is only exercised if more than it reaches the hook.
-        let valid = if samples.iter().all(|s| s.offered > rate as f64 * 1.02) {
-            ""
+        let (_, offered, _) = stats(&samples.iter().map(|s| s.offered).collect::<Vec<_>>());
+        let figure = if valid.is_empty() {
+            "no trial offered more than the limit throughout".to_owned()
         } else {
-            " INVALID: a trial offered less than the limit"
+            let (lo, med, hi) = stats(&valid);
+            format!("{med:.4} [{lo:.4},{hi:.4}]")
         };
         targets.push(format!(
-            "rate {rate} pps: delivered / limit = {med:.4} [{lo:.4},{hi:.4}] (target 0.95..1.05); \
-             {offered:.0} pps at the hook, {lost} copies lost in the lab{valid}"
+            "rate {rate} pps: delivered / limit = {figure} (target 0.95..1.05); {} of {} trials valid, \
+             {offered:.0} pps at the hook, {lost} copies miscounted",
+            valid.len(),
+            samples.len()
         ));
         rate_rows.push(json!({
             "limit_pps": rate, "offered_factor": opts.rate_offered,
             "delivered_pps": samples.iter().map(|s| s.achieved).collect::<Vec<_>>(),
-            "past_hook_pps": samples.iter().map(|s| s.offered).collect::<Vec<_>>(),
-            "ratios": ratios, "min": lo, "median": med, "max": hi,
+            "ratios": samples.iter().map(ratio).collect::<Vec<_>>(),
+            "valid": samples.iter().map(|s| s.valid).collect::<Vec<_>>(),
+            "hook_pps": samples.iter().map(|s| s.offered).collect::<Vec<_>>(),
+            "hook_pps_slowest_slice": samples.iter().map(|s| s.offered_min).collect::<Vec<_>>(),
+            "drained_s": samples.iter().map(|s| s.drained.map(|d| d.as_secs_f64())).collect::<Vec<_>>(),
             "lost": samples.iter().map(|s| s.lost).collect::<Vec<_>>(),
             "rate_limited": samples.iter().map(|s| s.limited).collect::<Vec<_>>(),
         }));
