@@ -333,6 +333,10 @@ pub mod slot_flags {
     /// Also mirror copies made by other sessions, up to
     /// [`super::copy_mark::MAX_DEPTH`] copies deep.
     pub const INCLUDE_COPIES: u32 = 1 << 6;
+    /// With [`SAMPLE`]: the sampling keeps whole flows (it needs the
+    /// packet's parse); without it, random sampling is decided in the hook's
+    /// own loop, with no further call.
+    pub const SAMPLE_FLOW: u32 = 1 << 7;
     /// Steps that need the slot's selector.
     pub const NEEDS_SELECTOR: u32 = FILTER | SAMPLE | RATE_LIMIT;
 }
@@ -380,9 +384,75 @@ pub struct Selector {
     pub ns_per_byte_fp16: u64,
     /// How far ahead of now the byte bucket may run (burst), nanoseconds.
     pub byte_tolerance_ns: u64,
-    pub _reserved: [u32; 4],
+    /// [`prefilter`]: bit `class` set if the program may accept a packet of
+    /// that class; a packet of a class whose bit is clear is rejected
+    /// without running it. All ones = no such knowledge.
+    pub accept_classes: u64,
+    pub _reserved: [u32; 2],
 }
 const _: () = assert!(size_of::<Selector>() == 64);
+
+/// A cheap test before a filter program: the packet's class (its EtherType
+/// and IP protocol, from two loads), and per program the classes it can
+/// accept at all (found by the agent running the program over each class,
+/// every other byte unknown). Sound by construction: a clear bit means no
+/// packet of the class is accepted, so the verdict is the program's.
+pub mod prefilter {
+    /// The packet's class could not be told (a VLAN tag, a frame too short):
+    /// run the program.
+    pub const UNKNOWN: u32 = 64;
+    /// Network classes (EtherType, untagged frame).
+    pub const IPV4: u32 = 0;
+    pub const IPV6: u32 = 1;
+    pub const ARP: u32 = 2;
+    pub const OTHER: u32 = 3;
+    /// Transport classes (IPv4 protocol byte, IPv6 next header).
+    pub const TCP: u32 = 0;
+    pub const UDP: u32 = 1;
+    /// ICMP over IPv4, ICMPv6 over IPv6.
+    pub const ICMP: u32 = 2;
+    pub const SCTP: u32 = 3;
+    /// IPv6 only: a fragment header follows.
+    pub const FRAGMENT: u32 = 4;
+    pub const OTHER_L4: u32 = 5;
+    /// Frame bytes the class is read from.
+    pub const BYTES: u32 = 24;
+
+    /// The class of (network, transport).
+    #[inline(always)]
+    pub const fn class(network: u32, transport: u32) -> u32 {
+        network * 8 + transport
+    }
+
+    /// The class of an untagged frame from its EtherType and the byte
+    /// that holds the IP protocol (offset 23 for IPv4, 20 for IPv6).
+    #[inline(always)]
+    pub fn of(ethertype: u32, byte_23: u32, byte_20: u32) -> u32 {
+        let transport = |p: u32, v6: bool| match p {
+            6 => TCP,
+            17 => UDP,
+            1 if !v6 => ICMP,
+            58 if v6 => ICMP,
+            132 => SCTP,
+            44 if v6 => FRAGMENT,
+            _ => OTHER_L4,
+        };
+        match ethertype {
+            0x0800 => class(IPV4, transport(byte_23, false)),
+            0x86dd => class(IPV6, transport(byte_20, true)),
+            0x0806 => class(ARP, 0),
+            0x8100 | 0x88a8 | 0x9100 => UNKNOWN,
+            _ => class(OTHER, 0),
+        }
+    }
+
+    /// Whether a program whose `accept_classes` these are may accept a
+    /// packet of class `class`.
+    #[inline(always)]
+    pub const fn may_accept(accept_classes: u64, class: u32) -> bool {
+        class >= 64 || accept_classes & (1 << class) != 0
+    }
+}
 
 /// `SELECTORS` entries: two banks per session.
 pub const SELECTOR_BANKS: u32 = MAX_SESSIONS * 2;

@@ -8,8 +8,8 @@ use aya_ebpf::{
 use mirror_common::{
     COUNTER_SLOTS, DirectionCounters, EntryRef, GLOBAL_SESSION_ID, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
     MAX_SOURCE_HOOKS, NO_ENTRY, SOURCE_ENTRY_COUNT, SessionConfig, SessionSlot, SourceEntry, SourceKey,
-    copy_mark, counter_index, cut_verdict, direction, entry_flags, reason, selector_flags, selector_index,
-    slot_flags, source_index,
+    copy_mark, counter_index, cut_verdict, direction, entry_flags, prefilter, reason, selector_flags,
+    selector_index, slot_flags, source_index,
 };
 
 use crate::select::{self, Lens, SELECTORS};
@@ -79,7 +79,7 @@ pub fn mirror_dst_egress(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn count(session_id: u32, direction: u32, reason: u32, bytes: u32) {
+pub(crate) fn count(session_id: u32, direction: u32, reason: u32, bytes: u32) {
     if let Some(counters) = COUNTERS.get_ptr_mut(counter_index(session_id, direction)) {
         // SAFETY: a per-CPU slot is only written by this CPU, with preemption
         // off for the program's run; the pointer comes from a successful
@@ -150,15 +150,33 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
         set_cut_verdict(cut_verdict::NONE);
     }
     let (run, outer_claim) = select::begin_run();
+    // What the filters' cheap test reads, once for all slots.
+    let class = if is_copy { prefilter::UNKNOWN } else { packet_class(ctx) };
     for i in 0..MAX_SESSIONS_PER_SOURCE {
         if i as u32 >= slot_count {
             break;
         }
         // SAFETY: as above.
         let flags = unsafe { (*entry).slots[i].flags };
-        if !is_copy && flags & !slot_flags::BANK1 == 0 {
+        if flags & slot_flags::FILTER != 0 && class != prefilter::UNKNOWN {
             // SAFETY: as above.
             let slot = unsafe { (*entry).slots[i] };
+            let index = selector_index(slot.session_id, flags & slot_flags::BANK1 != 0);
+            let classes = SELECTORS.get(index).map_or(u64::MAX, |s| s.accept_classes);
+            if !prefilter::may_accept(classes, class) {
+                count(slot.session_id, direction, reason::FILTERED, len);
+                continue;
+            }
+        }
+        let steps = flags & !slot_flags::BANK1;
+        if !is_copy && (steps == 0 || steps == slot_flags::SAMPLE) {
+            // SAFETY: as above.
+            let slot = unsafe { (*entry).slots[i] };
+            // Random sampling alone: decided here, the cheapest way to skip
+            // 99 packets in 100.
+            if steps == slot_flags::SAMPLE && !select::sampled_at_random(&slot, direction, len) {
+                continue;
+            }
             copy(skb, &slot, direction, len, 1);
         } else {
             mirror_slot(skb, direction << 8 | i as u32, number, mark, run);
@@ -169,6 +187,24 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
         set_cut_verdict(outer_verdict);
         select::end_nested_run(outer_claim);
     }
+}
+
+/// The packet's [`prefilter`] class: its EtherType and IP protocol, read
+/// straight from the packet (`UNKNOWN` for a tagged or short frame).
+#[inline(always)]
+fn packet_class(ctx: &TcContext) -> u32 {
+    let skb: *mut __sk_buff = ctx.skb.skb;
+    // SAFETY: a readable context field.
+    if unsafe { (*skb).vlan_present } != 0 {
+        return prefilter::UNKNOWN;
+    }
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + prefilter::BYTES as usize > end {
+        return prefilter::UNKNOWN;
+    }
+    // SAFETY: the 24 bytes at `data` are inside the packet (checked above).
+    let b = |i: usize| u32::from(unsafe { *((data + i) as *const u8) });
+    prefilter::of(b(12) << 8 | b(13), b(23), b(20))
 }
 
 /// Slot `where_ & 0xff` (of direction `where_ >> 8`) of entry `number`,

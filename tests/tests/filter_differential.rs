@@ -73,3 +73,37 @@ fn summary(r: &Report) -> String {
         r.errors.len()
     )
 }
+
+/// The datapath's cheap test before a filter (the classes a program may
+/// accept, `filter::prefilter`) is sound: for every corpus expression, no
+/// packet of a class the analysis rules out is one tcpdump keeps. Prints
+/// how many verdicts the test alone decides.
+#[test]
+fn the_prefilter_never_rejects_what_tcpdump_accepts() {
+    use mirror_common::prefilter;
+    let packets = pcap::packets();
+    let class = |f: &[u8]| {
+        if f.len() < prefilter::BYTES as usize {
+            return prefilter::UNKNOWN;
+        }
+        let b = |i: usize| u32::from(f[i]);
+        prefilter::of(b(12) << 8 | b(13), b(23), b(20))
+    };
+    let (mut decided, mut total, mut wrong) = (0, 0, Vec::new());
+    for expr in pcap::corpus() {
+        let Ok((_, program)) = compile(&expr) else { continue };
+        let classes = filter::prefilter::accept_classes(&program.insns);
+        for (i, ((_, frame), theirs)) in packets.iter().zip(pcap::tcpdump_verdicts(&expr)).enumerate() {
+            total += 1;
+            if !prefilter::may_accept(classes, class(frame)) {
+                decided += 1;
+                if theirs {
+                    wrong.push(format!("{expr:?}: packet {i}"));
+                }
+            }
+        }
+    }
+    println!("prefilter: decided {decided} of {total} verdicts without the program");
+    assert!(wrong.is_empty(), "rejected what tcpdump keeps: {wrong:#?}");
+    assert!(decided * 4 > total, "the prefilter decides too little to matter: {decided} of {total}");
+}

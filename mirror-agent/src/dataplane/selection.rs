@@ -93,6 +93,9 @@ pub fn slot_flags_of(config: &SessionConfig) -> u32 {
     }
     if config.sample_every > 1 {
         flags |= slot_flags::SAMPLE;
+        if config.select_flags & select_flags::SAMPLE_FLOW != 0 {
+            flags |= slot_flags::SAMPLE_FLOW;
+        }
     }
     if config.rate_limit_pps != 0 || config.rate_limit_bps != 0 {
         flags |= slot_flags::RATE_LIMIT;
@@ -153,7 +156,8 @@ pub fn selector_of(config: &SessionConfig, program: Option<&Program>, start: u32
         packet_tolerance_ns,
         ns_per_byte_fp16,
         byte_tolerance_ns,
-        _reserved: [0; 4],
+        accept_classes: program.map_or(u64::MAX, |p| expr::prefilter::accept_classes(&p.insns)),
+        _reserved: [0; 2],
     }
 }
 

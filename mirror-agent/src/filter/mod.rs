@@ -15,6 +15,7 @@ pub mod compile;
 pub mod lexer;
 pub mod optimize;
 pub mod parser;
+pub mod prefilter;
 pub mod print;
 pub mod reference;
 pub mod rules;
