@@ -175,7 +175,7 @@ fn may_accept(insns: &[FilterInsn], known: &Known) -> bool {
         // Off the end, or jumped out: the machine rejects.
         let Some(insn) = insns.get(pc as usize) else { continue };
         let next = pc + 1;
-        let mut branch = |outcome: Option<bool>, a: Option<u32>, todo: &mut Vec<State>| {
+        let branch = |outcome: Option<bool>, a: Option<u32>, todo: &mut Vec<State>| {
             if outcome != Some(false) {
                 todo.push((next + u32::from(insn.jt), a, x));
             }
@@ -221,16 +221,8 @@ fn may_accept(insns: &[FilterInsn], known: &Known) -> bool {
             }
             op::TAX => todo.push((next, a, a)),
             op::TXA => todo.push((next, x, x)),
-            op::RET_K => {
-                if k != 0 {
-                    return true;
-                }
-            }
-            op::RET_A => {
-                if a != Some(0) {
-                    return true;
-                }
-            }
+            op::RET_K if k != 0 => return true,
+            op::RET_A if a != Some(0) => return true,
             // An unknown opcode rejects.
             _ => {}
         }
