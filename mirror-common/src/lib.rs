@@ -349,6 +349,33 @@ pub mod entry_flags {
     /// Some slot has a selection step (any slot flag but the bank and
     /// `INCLUDE_COPIES`, which matters to copies only).
     pub const SELECTS: u32 = 1 << 1;
+    /// Some slot has a filter: the hook reads the packet's prefilter class.
+    pub const FILTERS: u32 = 1 << 2;
+    /// Some slot needs more than the hook's own loop does (anything but
+    /// random sampling): a selection run is started.
+    pub const RUNS: u32 = 1 << 3;
+
+    /// The entry flags of `slots`.
+    pub fn of(slots: &[super::SessionSlot]) -> u32 {
+        use super::slot_flags as s;
+        let mut flags = 0;
+        for slot in slots {
+            let steps = slot.flags & !s::BANK1;
+            if steps & s::INCLUDE_COPIES != 0 {
+                flags |= INCLUDE_COPIES;
+            }
+            if steps & !s::INCLUDE_COPIES != 0 {
+                flags |= SELECTS;
+            }
+            if steps & s::FILTER != 0 {
+                flags |= FILTERS;
+            }
+            if steps & !s::INCLUDE_COPIES != 0 && steps != s::SAMPLE {
+                flags |= RUNS;
+            }
+        }
+        flags
+    }
 }
 
 /// Bits of [`Selector::flags`].

@@ -149,9 +149,14 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
     if is_copy {
         set_cut_verdict(cut_verdict::NONE);
     }
-    let (run, outer_claim) = select::begin_run();
+    let (run, outer_claim) =
+        if is_copy || entry_flags & entry_flags::RUNS != 0 { select::begin_run() } else { (0, 0) };
     // What the filters' cheap test reads, once for all slots.
-    let class = if is_copy { prefilter::UNKNOWN } else { packet_class(ctx) };
+    let class = if !is_copy && entry_flags & entry_flags::FILTERS != 0 {
+        packet_class(ctx)
+    } else {
+        prefilter::UNKNOWN
+    };
     for i in 0..MAX_SESSIONS_PER_SOURCE {
         if i as u32 >= slot_count {
             break;

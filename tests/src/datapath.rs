@@ -10,7 +10,7 @@ use aya::{
 use mirror_agent::{dataplane::selection, filter::Program};
 use mirror_common::{
     Counter, DirectionCounters, EntryRef, FilterInsn, SessionConfig, SessionSlot, SourceEntry, SourceKey,
-    counter_index, entry_flags, reason, selector_index, slot_flags, source_index,
+    counter_index, entry_flags, reason, selector_index, source_index,
 };
 
 use crate::{run_command, topology::Netns};
@@ -142,13 +142,8 @@ impl Datapath {
             let flags = selection::slot_flags_of(&config);
             entry.slots[i] =
                 SessionSlot { session_id: s.id, dest_ifindex: dest, snaplen: config.snaplen, flags };
-            if flags & slot_flags::INCLUDE_COPIES != 0 {
-                entry.flags |= entry_flags::INCLUDE_COPIES;
-            }
-            if flags & !(slot_flags::BANK1 | slot_flags::INCLUDE_COPIES) != 0 {
-                entry.flags |= entry_flags::SELECTS;
-            }
         }
+        entry.flags = entry_flags::of(&entry.slots[..sessions.len()]);
         let mut entries: Array<_, SourceEntry> =
             Array::try_from(self.ebpf.map_mut("SOURCE_ENTRIES").unwrap()).unwrap();
         entries.set(number, entry, 0).unwrap();

@@ -453,15 +453,7 @@ impl Store {
     fn set_hook(&mut self, key: SourceKey, mut entry: SourceEntry) -> Result<()> {
         entry.hook = key;
         self.order_slots(&mut entry)?;
-        entry.flags = 0;
-        for slot in &entry.slots[..entry.slot_count as usize] {
-            if slot.flags & slot_flags::INCLUDE_COPIES != 0 {
-                entry.flags |= entry_flags::INCLUDE_COPIES;
-            }
-            if slot.flags & !(slot_flags::BANK1 | slot_flags::INCLUDE_COPIES) != 0 {
-                entry.flags |= entry_flags::SELECTS;
-            }
-        }
+        entry.flags = entry_flags::of(&entry.slots[..entry.slot_count as usize]);
         let number = self.free_entry()?;
         self.entries.set(number, entry, 0).context("writing SOURCE_ENTRIES")?;
         let existing = self.hooks.get(&key).map(|h| h.cell);
