@@ -575,6 +575,11 @@ pub mod filter {
         pub const TEST_IND: u8 = 0x31;
         /// `A = field[k] & mask`, then as `TEST_ABS` (size ignored).
         pub const TEST_FIELD: u8 = 0x32;
+        /// `pc += 1 + (A is one of the first `arg` (1..=3) of k, mask, val
+        /// ? jt : jf)`. What a chain of equality tests on one load compiles
+        /// to after its first test (`port 1 or port 2 or ...`): three tests
+        /// a step.
+        pub const JEQ_ANY: u8 = 0x2b;
         /// Return: accept if `k != 0`.
         pub const RET_K: u8 = 0x38;
         /// Return: accept if `A != 0`.

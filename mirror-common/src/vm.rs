@@ -122,6 +122,12 @@ fn execute<P: Packet>(m: &mut Machine, insn: &FilterInsn, pkt: &P) -> Option<boo
             let taken = compare(insn.arg, m.a, operand);
             m.pc = next + u32::from(if taken { insn.jt } else { insn.jf });
         }
+        op::JEQ_ANY => {
+            let a = m.a;
+            let n = insn.arg;
+            let taken = a == k || (n >= 2 && a == insn.mask) || (n >= 3 && a == insn.val);
+            m.pc = next + u32::from(if taken { insn.jt } else { insn.jf });
+        }
         op::JA => m.pc = next.checked_add(k)?,
         op::LD_ABS => m.a = pkt.load(k, u32::from(insn.arg))?,
         op::LD_IND => m.a = pkt.load(m.x.checked_add(k)?, u32::from(insn.arg))?,

@@ -35,7 +35,7 @@ fn check(program: &Program, text: &str) {
         let targets: Vec<usize> = match insn.op {
             op::RET_K | op::RET_A => continue,
             op::JA => vec![pc + 1 + insn.k as usize],
-            op::JMP_K | op::JMP_X | op::TEST_ABS | op::TEST_IND | op::TEST_FIELD => {
+            op::JMP_K | op::JMP_X | op::TEST_ABS | op::TEST_IND | op::TEST_FIELD | op::JEQ_ANY => {
                 vec![pc + 1 + usize::from(insn.jt), pc + 1 + usize::from(insn.jf)]
             }
             _ => vec![pc + 1],

@@ -78,7 +78,7 @@ pub fn compile(selection: &Selection) -> Result<Program, FilterError> {
             return Err(FilterError::whole("expression rejects all packets"));
         }
     }
-    let insns = lay_out(&raw, optimized)?;
+    let insns = super::fuse::equality_chains(&lay_out(&raw, optimized)?);
     let uses_fields = insns.iter().any(|i| matches!(i.op, op::TEST_FIELD | op::LD_FIELD));
     Ok(Program { insns, uses_fields })
 }
@@ -955,6 +955,11 @@ fn rule_match(rule: &Rule) -> B {
     for (range, k) in [(rule.source_ports, field::SRC_PORT), (rule.destination_ports, field::DST_PORT)] {
         if let Some((lo, hi)) = range {
             let src = Src::Field { k, mask: FULL };
+            if lo == hi {
+                // One port: one test (and chains of them fuse, see `fuse`).
+                all.push(test(src, cmp::EQ, u32::from(lo)));
+                continue;
+            }
             if lo > 0 {
                 all.push(test(src.clone(), cmp::GE, u32::from(lo)));
             }

@@ -12,6 +12,7 @@
 //!   written apart from the compiler, that property tests hold it to.
 pub mod ast;
 pub mod compile;
+pub mod fuse;
 pub mod lexer;
 pub mod optimize;
 pub mod parser;

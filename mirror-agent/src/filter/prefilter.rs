@@ -200,6 +200,11 @@ fn may_accept(insns: &[FilterInsn], known: &Known) -> bool {
                 let outcome = a.zip(operand).map(|(a, b)| compare(insn.arg, a, b));
                 branch(outcome, a, &mut todo);
             }
+            op::JEQ_ANY => {
+                let values = [k, insn.mask, insn.val];
+                let outcome = a.map(|a| values[..usize::from(insn.arg.min(3))].contains(&a));
+                branch(outcome, a, &mut todo);
+            }
             op::JA => todo.push((next.saturating_add(k), a, x)),
             op::LD_ABS => todo.push((next, known.load(k, u32::from(insn.arg)), x)),
             op::LD_IMM => todo.push((next, Some(k), x)),
