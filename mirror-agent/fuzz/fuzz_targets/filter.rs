@@ -8,7 +8,8 @@
 //! most `MAX_INSNS` instructions, every jump inside the program, no way to
 //! fall off its end. The program then runs on the frame, and where the
 //! unoptimized program would run to its end, it must agree with the
-//! reference evaluator.
+//! reference evaluator, and the datapath's prefilter must not reject what
+//! it accepts.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -21,6 +22,7 @@ use mirror_agent::filter::{
 use mirror_common::{
     FilterInsn,
     filter::{MAX_INSNS, op},
+    prefilter,
 };
 
 /// Panics unless `program` is one the datapath's machine runs to a verdict.
@@ -48,6 +50,14 @@ fn check(program: &Program, text: &str) {
 
 fn run(selection: &Selection, program: &Program, frame: &[u8], text: &str) {
     let ours = program.matches(&Frame::new(frame, 0));
+    // The datapath's cheap test before the program never rejects what the
+    // program accepts.
+    if frame.len() >= prefilter::BYTES as usize && ours {
+        let b = |i: usize| u32::from(frame[i]);
+        let class = prefilter::of(b(12) << 8 | b(13), b(23), b(20));
+        let classes = filter::prefilter::accept_classes(&program.insns);
+        assert!(prefilter::may_accept(classes, class), "prefilter rejects what {text:?} accepts: {frame:02x?}");
+    }
     let rules =
         selection.rules.as_ref().is_none_or(|r| reference::rules_accept(r, Frame::new(frame, 0).fields()));
     let want = match &selection.expr {
