@@ -351,14 +351,15 @@ pub mod entry_flags {
     pub const SELECTS: u32 = 1 << 1;
     /// Some slot has a filter: the hook reads the packet's prefilter class.
     pub const FILTERS: u32 = 1 << 2;
-    /// Some slot needs more than the hook's own loop does (anything but
-    /// random sampling): a selection run is started.
-    pub const RUNS: u32 = 1 << 3;
+    /// No slot needs more than the hook's own loop does (only random
+    /// sampling): no selection run is started. Clear (an older build's
+    /// entry) = start one.
+    pub const NO_RUN: u32 = 1 << 3;
 
     /// The entry flags of `slots`.
     pub fn of(slots: &[super::SessionSlot]) -> u32 {
         use super::slot_flags as s;
-        let mut flags = 0;
+        let mut flags = NO_RUN;
         for slot in slots {
             let steps = slot.flags & !s::BANK1;
             if steps & s::INCLUDE_COPIES != 0 {
@@ -371,7 +372,7 @@ pub mod entry_flags {
                 flags |= FILTERS;
             }
             if steps & !s::INCLUDE_COPIES != 0 && steps != s::SAMPLE {
-                flags |= RUNS;
+                flags &= !NO_RUN;
             }
         }
         flags
@@ -411,10 +412,10 @@ pub struct Selector {
     pub ns_per_byte_fp16: u64,
     /// How far ahead of now the byte bucket may run (burst), nanoseconds.
     pub byte_tolerance_ns: u64,
-    /// [`prefilter`]: bit `class` set if the program may accept a packet of
-    /// that class; a packet of a class whose bit is clear is rejected
-    /// without running it. All ones = no such knowledge.
-    pub accept_classes: u64,
+    /// [`prefilter`]: bit `class` set if the program accepts no packet of
+    /// that class, which is then rejected without running it. 0 (what an
+    /// older build left here) = no such knowledge.
+    pub reject_classes: u64,
     pub _reserved: [u32; 2],
 }
 const _: () = assert!(size_of::<Selector>() == 64);
@@ -422,8 +423,9 @@ const _: () = assert!(size_of::<Selector>() == 64);
 /// A cheap test before a filter program: the packet's class (its EtherType
 /// and IP protocol, from two loads), and per program the classes it can
 /// accept at all (found by the agent running the program over each class,
-/// every other byte unknown). Sound by construction: a clear bit means no
-/// packet of the class is accepted, so the verdict is the program's.
+/// every other byte unknown). Sound by construction: a set reject bit
+/// means no packet of the class is accepted, so the verdict is the
+/// program's.
 pub mod prefilter {
     /// The packet's class could not be told (a VLAN tag, a frame too short):
     /// run the program.
@@ -473,11 +475,11 @@ pub mod prefilter {
         }
     }
 
-    /// Whether a program whose `accept_classes` these are may accept a
+    /// Whether a program whose `reject_classes` these are may accept a
     /// packet of class `class`.
     #[inline(always)]
-    pub const fn may_accept(accept_classes: u64, class: u32) -> bool {
-        class >= 64 || accept_classes & (1 << class) != 0
+    pub const fn may_accept(reject_classes: u64, class: u32) -> bool {
+        class >= 64 || reject_classes & (1 << class) == 0
     }
 }
 

@@ -125,6 +125,9 @@ fn execute<P: Packet>(m: &mut Machine, insn: &FilterInsn, pkt: &P) -> Option<boo
         op::JEQ_ANY => {
             let a = m.a;
             let n = insn.arg;
+            if n == 0 || n > 3 {
+                return None;
+            }
             let taken = a == k || (n >= 2 && a == insn.mask) || (n >= 3 && a == insn.val);
             m.pc = next + u32::from(if taken { insn.jt } else { insn.jf });
         }

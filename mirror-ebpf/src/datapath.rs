@@ -150,7 +150,7 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
         set_cut_verdict(cut_verdict::NONE);
     }
     let (run, outer_claim) =
-        if is_copy || entry_flags & entry_flags::RUNS != 0 { select::begin_run() } else { (0, 0) };
+        if is_copy || entry_flags & entry_flags::NO_RUN == 0 { select::begin_run() } else { (0, 0) };
     // What the filters' cheap test reads, once for all slots.
     let class = if !is_copy && entry_flags & entry_flags::FILTERS != 0 {
         packet_class(ctx)
@@ -167,7 +167,7 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
             // SAFETY: as above.
             let slot = unsafe { (*entry).slots[i] };
             let index = selector_index(slot.session_id, flags & slot_flags::BANK1 != 0);
-            let classes = SELECTORS.get(index).map_or(u64::MAX, |s| s.accept_classes);
+            let classes = SELECTORS.get(index).map_or(0, |s| s.reject_classes);
             if !prefilter::may_accept(classes, class) {
                 count(slot.session_id, direction, reason::FILTERED, len);
                 continue;

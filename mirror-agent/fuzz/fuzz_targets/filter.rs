@@ -55,8 +55,11 @@ fn run(selection: &Selection, program: &Program, frame: &[u8], text: &str) {
     if frame.len() >= prefilter::BYTES as usize && ours {
         let b = |i: usize| u32::from(frame[i]);
         let class = prefilter::of(b(12) << 8 | b(13), b(23), b(20));
-        let classes = filter::prefilter::accept_classes(&program.insns);
-        assert!(prefilter::may_accept(classes, class), "prefilter rejects what {text:?} accepts: {frame:02x?}");
+        let classes = program.reject_classes;
+        assert!(
+            prefilter::may_accept(classes, class),
+            "prefilter rejects what {text:?} accepts: {frame:02x?}"
+        );
     }
     let rules =
         selection.rules.as_ref().is_none_or(|r| reference::rules_accept(r, Frame::new(frame, 0).fields()));

@@ -156,7 +156,7 @@ pub fn selector_of(config: &SessionConfig, program: Option<&Program>, start: u32
         packet_tolerance_ns,
         ns_per_byte_fp16,
         byte_tolerance_ns,
-        accept_classes: program.map_or(u64::MAX, |p| expr::prefilter::accept_classes(&p.insns)),
+        reject_classes: program.map_or(0, |p| p.reject_classes),
         _reserved: [0; 2],
     }
 }

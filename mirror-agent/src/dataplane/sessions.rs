@@ -299,9 +299,11 @@ pub fn plan(store: Option<&Store>, wanted: &[SessionSpec], owner: Owner, prune: 
                 }
                 if let Err(why) = trial.take(&add, &spec.taps) {
                     // The additions are refused; removals and the new
-                    // configuration need no capacity, and still apply.
+                    // configuration need no hook capacity, and still apply
+                    // (its program was found to fit above).
                     if !remove.is_empty() || config_changed {
                         capacity.release(&remove);
+                        capacity.insns += new_program;
                         changes.push(Change::Update {
                             id: s.id,
                             spec: spec.clone(),
@@ -437,6 +439,7 @@ pub fn apply(
     // a session whose destination cannot cut its copies is left as it was
     // (copies are never sent longer than allowed).
     let mut reconfigured = false;
+    let mut rates_changed = Vec::new();
     let mut refused = None;
     for (id, config, spec, add, changed) in &fill {
         if let Some(hook) = hooks::cut_hook(spec.dest_ifindex, spec.snaplen)
@@ -456,7 +459,9 @@ pub fn apply(
             let old = store.session_config(*id)?;
             let text = store.select_text(*id, &old)?;
             let select = (!spec.select.matches(&old, &text)).then_some(&spec.select);
-            store.update_session(*id, config, select)?;
+            if store.update_session(*id, config, select)? {
+                rates_changed.push(*id);
+            }
             reconfigured = true;
         }
         store.refresh_slots(*id)?;
@@ -469,6 +474,9 @@ pub fn apply(
     // before its hook goes.
     if reconfigured {
         store.wait_for_readers()?;
+    }
+    for id in rates_changed {
+        store.reset_rate(id)?;
     }
     hooks::reconcile(store, layout, mode)?;
     if let Some(e) = refused.or_else(|| failures.into_iter().next().map(|(_, e)| e)) {

@@ -797,24 +797,31 @@ impl Store {
     ///
     /// A changed selection (`select`) is written into the bank the slots do
     /// not use; `config` is pointed at it.
+    ///
+    /// Returns whether the rate limit changed: the caller then restarts its
+    /// buckets ([`Self::reset_rate`]) once no slot of the old rate runs.
     pub fn update_session(
         &mut self,
         id: u32,
         config: &SessionConfig,
         select: Option<&SelectSpec>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut config = *config;
         let old = self.sessions.get(&id, 0).context("reading SESSIONS")?;
         if let Some(select) = select {
             self.write_selection(id, &mut config, select, false)?;
         }
-        // A bucket filled under the old rate may run far ahead of now (a
-        // large burst at a low rate): the new rate starts with a full bucket.
         let rate = |c: &SessionConfig| (c.rate_limit_pps, c.rate_limit_bps, c.burst_packets, c.burst_bytes);
-        if rate(&old) != rate(&config) {
-            self.rate.set(id, RateState::default(), 0).context("writing RATE_STATE")?;
-        }
-        self.sessions.set(id, config, 0).context("writing SESSIONS")
+        self.sessions.set(id, config, 0).context("writing SESSIONS")?;
+        Ok(rate(&old) != rate(&config))
+    }
+
+    /// Restarts session `id`'s rate buckets full. A bucket filled under an
+    /// old rate may run far ahead of now (a large burst at a low rate); call
+    /// after the slots of the new rate are published and a grace period
+    /// passed, so no copy at the old rate charges the fresh bucket.
+    pub fn reset_rate(&mut self, id: u32) -> Result<()> {
+        self.rate.set(id, RateState::default(), 0).context("writing RATE_STATE")
     }
 
     /// Instructions the sessions' current programs hold in `FILTER_INSNS`.

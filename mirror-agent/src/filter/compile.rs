@@ -78,9 +78,12 @@ pub fn compile(selection: &Selection) -> Result<Program, FilterError> {
             return Err(FilterError::whole("expression rejects all packets"));
         }
     }
-    let insns = super::fuse::equality_chains(&lay_out(&raw, optimized)?);
+    let unfused = lay_out(&raw, optimized)?;
+    // Before fusing: the analysis knows more of one test than of a set.
+    let reject_classes = !super::prefilter::accept_classes(&unfused);
+    let insns = super::fuse::equality_chains(&unfused);
     let uses_fields = insns.iter().any(|i| matches!(i.op, op::TEST_FIELD | op::LD_FIELD));
-    Ok(Program { insns, uses_fields })
+    Ok(Program { insns, uses_fields, reject_classes })
 }
 
 /// The unoptimized DAG, the expression's entry in it, and its poisoned
@@ -1571,7 +1574,8 @@ mod tests {
             let raw = build(&Selection { rules: None, expr: Some(e.clone()) }).unwrap().dag;
             let optimized = optimize::optimize(&raw);
             assert!(optimize::len(&optimized) <= optimize::len(&raw), "{e:?}");
-            let optimized = Program { insns: optimize::emit(&optimized).unwrap(), uses_fields: false };
+            let optimized =
+                Program { insns: optimize::emit(&optimized).unwrap(), uses_fields: false, reject_classes: 0 };
             for f in &frames {
                 assert_eq!(
                     runs(&optimized, f),

@@ -164,7 +164,7 @@ mod tests {
             f[23] = 17;
             f[34..36].copy_from_slice(&sport.to_be_bytes());
             f[36..38].copy_from_slice(&dport.to_be_bytes());
-            let p = crate::filter::Program { insns: fused.clone(), uses_fields: false };
+            let p = crate::filter::Program { insns: fused.clone(), uses_fields: false, reject_classes: 0 };
             assert_eq!(p.matches(&Frame::new(&f, 0)), want, "{sport} -> {dport}");
             // Cut after the source port: a source-port match still decides;
             // otherwise the destination port's load is past the end.

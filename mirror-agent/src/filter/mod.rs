@@ -35,6 +35,8 @@ pub struct Program {
     /// The program reads parsed fields (rules do): the datapath parses the
     /// headers before running it.
     pub uses_fields: bool,
+    /// The packet classes it accepts no packet of ([`prefilter`]).
+    pub reject_classes: u64,
 }
 
 /// A filter or rule that cannot be used, and where.
@@ -137,6 +139,10 @@ impl mirror_common::vm::Packet for Frame<'_> {
     }
 
     fn field(&self, index: u32) -> u32 {
+        // As the datapath: the parse's scratch words are no fields.
+        if index >= mirror_common::field::COUNT {
+            return 0;
+        }
         self.fields.get(index as usize).copied().unwrap_or(0)
     }
 }

@@ -200,9 +200,10 @@ fn may_accept(insns: &[FilterInsn], known: &Known) -> bool {
                 let outcome = a.zip(operand).map(|(a, b)| compare(insn.arg, a, b));
                 branch(outcome, a, &mut todo);
             }
-            op::JEQ_ANY => {
+            // 1..=3 values; any other count faults (rejects).
+            op::JEQ_ANY if (1..=3).contains(&insn.arg) => {
                 let values = [k, insn.mask, insn.val];
-                let outcome = a.map(|a| values[..usize::from(insn.arg.min(3))].contains(&a));
+                let outcome = a.map(|a| values[..usize::from(insn.arg)].contains(&a));
                 branch(outcome, a, &mut todo);
             }
             op::JA => todo.push((next.saturating_add(k), a, x)),
@@ -242,7 +243,7 @@ mod tests {
 
     fn classes(expr: &str) -> u64 {
         let e = parse_expr(expr).unwrap();
-        accept_classes(&compile_selection(&Selection { rules: None, expr: Some(e) }).unwrap().unwrap().insns)
+        !compile_selection(&Selection { rules: None, expr: Some(e) }).unwrap().unwrap().reject_classes
     }
 
     fn bit(network: u32, transport: u32) -> u64 {
