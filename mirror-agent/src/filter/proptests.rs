@@ -31,12 +31,21 @@ const CASES: u32 = 512;
 /// No regression files in the source tree (a failure prints its minimal
 /// case); rejects (selections over a limit, or that libpcap refuses, such
 /// as `ip and arp`: "expression rejects all packets") are expected.
+///
+/// CI runs a fixed seed, so that a run is reproducible; set
+/// `PROPTEST_RNG_SEED` (or `random`) to explore.
 fn config() -> ProptestConfig {
+    let defaults = ProptestConfig::default();
     ProptestConfig {
         cases: CASES,
         failure_persistence: None,
         max_global_rejects: 20 * CASES,
-        ..ProptestConfig::default()
+        rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+            defaults.rng_seed
+        } else {
+            proptest::test_runner::RngSeed::Fixed(20_261_207)
+        },
+        ..defaults
     }
 }
 
@@ -515,6 +524,12 @@ fn agree(selection: &Selection, frames: &[(Vec<u8>, u32)]) -> Result<(), TestCas
         };
         let ok = match (outcome, &selection.expr) {
             (Outcome::Ran(want), _) => ours == want,
+            // A program of one instruction decides without reading the
+            // packet: the optimizer proved the verdict the same for every
+            // packet, and dropped a test that could fault on this one (as
+            // libpcap's does, e.g. `x % len` inside an unsatisfiable `and`,
+            // on an empty frame).
+            (Outcome::Stopped { .. }, Some(_)) if program.insns.len() == 1 => true,
             (Outcome::Stopped { .. }, Some(e)) => {
                 !ours || reference::answer_without_missing_bytes(e, frame, &fillers) == Some(true)
             }
