@@ -39,8 +39,9 @@ pub mod verdict {
     pub const REJECT: u32 = 2;
 }
 
+/// A jump's or test's comparison (unsigned).
 #[inline(always)]
-fn compare(how: u8, a: u32, b: u32) -> bool {
+pub fn compare(how: u8, a: u32, b: u32) -> bool {
     match how {
         cmp::EQ => a == b,
         cmp::GT => a > b,
@@ -52,7 +53,7 @@ fn compare(how: u8, a: u32, b: u32) -> bool {
 /// `a <op> b`; `None` for a division or modulo by zero (the packet is
 /// rejected, as in classic BPF) and for an unknown operation.
 #[inline(always)]
-fn arith(operation: u8, a: u32, b: u32) -> Option<u32> {
+pub fn arith(operation: u8, a: u32, b: u32) -> Option<u32> {
     Some(match operation {
         alu::ADD => a.wrapping_add(b),
         alu::SUB => a.wrapping_sub(b),

@@ -10,8 +10,9 @@ use std::collections::HashSet;
 
 use mirror_common::{
     FilterInsn, field,
-    filter::{alu, cmp, op},
+    filter::{cmp, op},
     prefilter::{self, ARP, FRAGMENT, ICMP, IPV4, IPV6, OTHER, OTHER_L4, SCTP, TCP, UDP},
+    vm::{arith, compare},
 };
 
 /// States followed per class before giving up (then: "may accept").
@@ -131,34 +132,6 @@ impl Known {
     }
 }
 
-fn compare(how: u8, a: u32, b: u32) -> bool {
-    match how {
-        cmp::EQ => a == b,
-        cmp::GT => a > b,
-        cmp::GE => a >= b,
-        _ => a & b != 0,
-    }
-}
-
-/// `a <op> b` as the machine computes it; `Err` for a fault (the packet is
-/// rejected).
-fn arith(operation: u8, a: u32, b: u32) -> Result<u32, ()> {
-    Ok(match operation {
-        alu::ADD => a.wrapping_add(b),
-        alu::SUB => a.wrapping_sub(b),
-        alu::MUL => a.wrapping_mul(b),
-        alu::DIV => a.checked_div(b).ok_or(())?,
-        alu::MOD => a.checked_rem(b).ok_or(())?,
-        alu::AND => a & b,
-        alu::OR => a | b,
-        alu::XOR => a ^ b,
-        alu::LSH => a.checked_shl(b).unwrap_or(0),
-        alu::RSH => a.checked_shr(b).unwrap_or(0),
-        alu::NEG => a.wrapping_neg(),
-        _ => return Err(()),
-    })
-}
-
 /// Whether some path of `insns` over a packet of class `known` accepts.
 fn may_accept(insns: &[FilterInsn], known: &Known) -> bool {
     type State = (u32, Option<u32>, Option<u32>);
@@ -218,8 +191,8 @@ fn may_accept(insns: &[FilterInsn], known: &Known) -> bool {
                 let operand = if insn.op == op::ALU_K { Some(k) } else { x };
                 match a.zip(operand).map(|(a, b)| arith(insn.arg, a, b)) {
                     // A fault rejects.
-                    Some(Err(())) => {}
-                    Some(Ok(v)) => todo.push((next, Some(v), x)),
+                    Some(None) => {}
+                    Some(Some(v)) => todo.push((next, Some(v), x)),
                     // A division by an unknown may fault or not; either way
                     // the result is unknown.
                     None => todo.push((next, None, x)),
