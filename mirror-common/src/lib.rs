@@ -416,7 +416,9 @@ pub struct Selector {
     /// that class, which is then rejected without running it. 0 (what an
     /// older build left here) = no such knowledge.
     pub reject_classes: u64,
-    pub _reserved: [u32; 2],
+    /// Sampling keeps a draw below this: `2^32 / sample_every`, computed
+    /// once here rather than divided per packet (0 = keep every packet).
+    pub sample_keep_below: u64,
 }
 const _: () = assert!(size_of::<Selector>() == 64);
 

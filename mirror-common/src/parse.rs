@@ -279,7 +279,20 @@ pub fn flow_hash(f: &Fields) -> u32 {
 /// `every` is kept.
 #[inline(always)]
 pub fn keeps(draw: u32, every: u32) -> bool {
-    every <= 1 || u64::from(draw) < (1u64 << 32) / u64::from(every)
+    keeps_below(draw, keep_below(every))
+}
+
+/// The bound a draw must fall below to keep one packet in `every` (0: keep
+/// every packet).
+#[inline(always)]
+pub const fn keep_below(every: u32) -> u64 {
+    if every <= 1 { 0 } else { (1u64 << 32) / every as u64 }
+}
+
+/// Whether a draw falls below `bound` (from [`keep_below`]).
+#[inline(always)]
+pub fn keeps_below(draw: u32, bound: u64) -> bool {
+    bound == 0 || u64::from(draw) < bound
 }
 
 #[cfg(test)]

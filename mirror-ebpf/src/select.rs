@@ -140,7 +140,7 @@ impl Lens {
         } else {
             random()
         };
-        parse::keeps(draw, selector.sample_every)
+        parse::keeps_below(draw, selector.sample_keep_below)
     }
 
     /// Whether an exclusive slot already took the packet in this run.
@@ -161,13 +161,13 @@ impl Lens {
 /// keeps the packet (counting `sampled_out` if not).
 #[inline(always)]
 pub(crate) fn sampled_at_random(slot: &mirror_common::SessionSlot, direction: u32, len: u32) -> bool {
-    let every = SELECTORS
+    let bound = SELECTORS
         .get(mirror_common::selector_index(
             slot.session_id,
             slot.flags & mirror_common::slot_flags::BANK1 != 0,
         ))
-        .map_or(0, |s| s.sample_every);
-    if parse::keeps(random(), every) {
+        .map_or(0, |s| s.sample_keep_below);
+    if parse::keeps_below(random(), bound) {
         return true;
     }
     crate::datapath::count(slot.session_id, direction, mirror_common::reason::SAMPLED_OUT, len);

@@ -157,7 +157,7 @@ pub fn selector_of(config: &SessionConfig, program: Option<&Program>, start: u32
         ns_per_byte_fp16,
         byte_tolerance_ns,
         reject_classes: program.map_or(0, |p| p.reject_classes),
-        _reserved: [0; 2],
+        sample_keep_below: mirror_common::parse::keep_below(config.sample_every),
     }
 }
 
