@@ -133,6 +133,25 @@ impl Netns {
     }
 }
 
+/// Binds AF_PACKET socket `sock` to interface `dev` (in the calling
+/// thread's namespace), for protocol `proto_be` (network order; 0: send only).
+pub(crate) fn bind(sock: &OwnedFd, dev: &str, proto_be: u16) {
+    let name = std::ffi::CString::new(dev).expect("name");
+    // SAFETY: valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(ifindex, 0, "AF_PACKET: no interface {dev}");
+    // SAFETY: sockaddr_ll is plain old data.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto_be;
+    addr.sll_ifindex = ifindex as i32;
+    // SAFETY: binding with a correctly sized sockaddr_ll.
+    let rc = unsafe {
+        libc::bind(sock.as_raw_fd(), (&raw const addr).cast(), size_of::<libc::sockaddr_ll>() as u32)
+    };
+    assert_eq!(rc, 0, "bind AF_PACKET to {dev}: {}", std::io::Error::last_os_error());
+}
+
 fn open(dev: &str) -> OwnedFd {
     let proto = (libc::ETH_P_ALL as u16).to_be();
     // SAFETY: plain socket(2); ownership taken right away.
@@ -140,20 +159,7 @@ fn open(dev: &str) -> OwnedFd {
     assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
     // SAFETY: fresh fd.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let name = std::ffi::CString::new(dev).expect("name");
-    // SAFETY: valid C string.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert_ne!(ifindex, 0, "capture: no interface {dev}");
-    // SAFETY: sockaddr_ll is plain old data.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = proto;
-    addr.sll_ifindex = ifindex as i32;
-    // SAFETY: binding with a correctly sized sockaddr_ll.
-    let rc = unsafe {
-        libc::bind(sock.as_raw_fd(), (&raw const addr).cast(), size_of::<libc::sockaddr_ll>() as u32)
-    };
-    assert_eq!(rc, 0, "bind AF_PACKET to {dev}: {}", std::io::Error::last_os_error());
+    bind(&sock, dev, proto);
     let timeout = libc::timeval { tv_sec: 0, tv_usec: 20_000 };
     let rcvbuf: libc::c_int = 32 << 20;
     set_socket_option(&sock, libc::SO_RCVTIMEO, &timeout);

@@ -47,12 +47,18 @@ impl Fixture {
         Self { ns, bpffs, src, dst }
     }
 
-    /// The object with the source program loaded (call inside the namespace).
-    pub fn load(&self) -> Datapath {
+    /// The eBPF object, its maps pinned in the fixture's bpffs, no program
+    /// loaded yet.
+    pub fn object(&self) -> Ebpf {
         let bytes = std::fs::read(crate::ebpf_object()).expect("eBPF object (cargo xtask build-ebpf)");
-        let mut ebpf =
-            EbpfLoader::new().default_map_pin_directory(&self.bpffs).load(&bytes).expect("load object");
-        for name in ["mirror_src_ingress", "mirror_src_egress"] {
+        EbpfLoader::new().default_map_pin_directory(&self.bpffs).load(&bytes).expect("load object")
+    }
+
+    /// The object with the source and destination programs loaded (call
+    /// inside the namespace).
+    pub fn load(&self) -> Datapath {
+        let mut ebpf = self.object();
+        for name in ["mirror_src_ingress", "mirror_src_egress", "mirror_dst_egress"] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
         }

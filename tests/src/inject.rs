@@ -103,7 +103,7 @@ impl Injector {
             assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
             // SAFETY: fresh fd.
             let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-            bind(&sock, &name, 0);
+            crate::capture::bind(&sock, &name, 0);
             sock
         });
         Self { sock, dev: dev.to_owned() }
@@ -121,23 +121,6 @@ impl Injector {
             std::io::Error::last_os_error()
         );
     }
-}
-
-fn bind(sock: &OwnedFd, dev: &str, proto_be: u16) {
-    let name = std::ffi::CString::new(dev).expect("name");
-    // SAFETY: valid C string.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert_ne!(ifindex, 0, "AF_PACKET: no interface {dev}");
-    // SAFETY: sockaddr_ll is plain old data.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = proto_be;
-    addr.sll_ifindex = ifindex as i32;
-    // SAFETY: binding with a correctly sized sockaddr_ll.
-    let rc = unsafe {
-        libc::bind(sock.as_raw_fd(), (&raw const addr).cast(), size_of::<libc::sockaddr_ll>() as u32)
-    };
-    assert_eq!(rc, 0, "bind AF_PACKET to {dev}: {}", std::io::Error::last_os_error());
 }
 
 /// Bytes of each frame kept.
@@ -197,7 +180,7 @@ impl TagCapture {
                 &libc::timeval { tv_sec: 0, tv_usec: 20_000 },
             );
             set_option(&sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &(32i32 << 20));
-            bind(&sock, &dev, proto);
+            crate::capture::bind(&sock, &dev, proto);
             ready_tx.send(()).expect("ready");
             let mut frames = Vec::new();
             while !flag.load(Ordering::Relaxed) {

@@ -2,7 +2,7 @@
 //! path, with the kernel's real helpers, in a namespace holding two veth
 //! interfaces (source `d0`, destination `d1`; peers `d0p`, `d1p`).
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, HashMap, PerCpuArray},
     programs::{SchedClassifier, TcAttachType, TestRun as _, TestRunOptions},
 };
@@ -10,56 +10,12 @@ use mirror_common::{
     Counter, DirectionCounters, EntryRef, SessionConfig, SessionSlot, SourceEntry, SourceKey, copy_mark,
     counter_index, direction, reason, source_index,
 };
-use mirror_tests::{run_command, topology::Netns};
+use mirror_tests::datapath::{Fixture, NEXT};
 
-/// TC_ACT_UNSPEC as the kernel reports it: the only verdict we ever give originals.
-const NEXT: u32 = u32::MAX;
 /// Offsets in `struct __sk_buff` that test runs may set.
 const SKB_MARK: usize = 8;
 const SKB_IFINDEX: usize = 40;
 const SKB_SIZE: usize = 192;
-
-struct Fixture {
-    ns: Netns,
-    bpffs: std::path::PathBuf,
-    src: u32,
-    dst: u32,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let ns = Netns::new("ptr");
-        for d in ["d0", "d1"] {
-            let peer = format!("{d}p");
-            ns.ip(&["link", "add", d, "type", "veth", "peer", "name", &peer]);
-            ns.ip(&["link", "set", &peer, "up"]);
-            ns.ip(&["link", "set", d, "up"]);
-        }
-        let bpffs = std::env::temp_dir().join(format!("mirror-ptr-{}", std::process::id()));
-        std::fs::create_dir_all(&bpffs).unwrap();
-        run_command(std::process::Command::new("mount").args(["-t", "bpf", "bpf", bpffs.to_str().unwrap()]));
-        let (src, dst) = (ns.ifindex("d0"), ns.ifindex("d1"));
-        Self { ns, bpffs, src, dst }
-    }
-
-    fn load(&self) -> Ebpf {
-        let bytes = std::fs::read(mirror_tests::ebpf_object()).expect("eBPF object (cargo xtask build-ebpf)");
-        let mut ebpf =
-            EbpfLoader::new().default_map_pin_directory(&self.bpffs).load(&bytes).expect("load object");
-        for name in ["mirror_src_ingress", "mirror_dst_egress"] {
-            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            p.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
-        }
-        ebpf
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.bpffs).status();
-        let _ = std::fs::remove_dir(&self.bpffs);
-    }
-}
 
 fn frame(len: usize) -> Vec<u8> {
     let mut f = vec![0u8; len];
@@ -145,9 +101,9 @@ fn set_source(ebpf: &mut Ebpf, src: u32, dest: u32, snaplen: u32) {
 
 #[test]
 fn source_program_outcomes_are_counted_and_always_fail_open() {
-    let fx = Fixture::new();
+    let fx = Fixture::new("ptr");
     fx.ns.run(|| {
-        let mut ebpf = fx.load();
+        let mut ebpf = fx.load().ebpf;
         let pkt = frame(100);
         let ing = direction::INGRESS;
 
@@ -229,9 +185,9 @@ fn source_program_outcomes_are_counted_and_always_fail_open() {
 /// holding another hook's entry is never taken for ours.
 #[test]
 fn hooks_sharing_an_index_cell_resolve_to_their_own_entries() {
-    let fx = Fixture::new();
+    let fx = Fixture::new("ptr");
     fx.ns.run(|| {
-        let mut ebpf = fx.load();
+        let mut ebpf = fx.load().ebpf;
         let pkt = frame(100);
         let ing = direction::INGRESS;
         let ours = SourceKey { ifindex: fx.src, direction: ing };
@@ -279,9 +235,9 @@ fn hooks_sharing_an_index_cell_resolve_to_their_own_entries() {
 
 #[test]
 fn destination_program_cuts_only_tagged_copies() {
-    let fx = Fixture::new();
+    let fx = Fixture::new("ptr");
     fx.ns.run(|| {
-        let mut ebpf = fx.load();
+        let mut ebpf = fx.load().ebpf;
         {
             let mut sessions: Array<_, SessionConfig> =
                 Array::try_from(ebpf.map_mut("SESSIONS").unwrap()).unwrap();
@@ -321,9 +277,8 @@ fn destination_program_cuts_only_tagged_copies() {
 /// for the release notes).
 #[test]
 fn verifier_work_stays_within_budget() {
-    let fx = Fixture::new();
-    let bytes = std::fs::read(mirror_tests::ebpf_object()).expect("eBPF object");
-    let mut ebpf = EbpfLoader::new().default_map_pin_directory(&fx.bpffs).load(&bytes).expect("load object");
+    let fx = Fixture::new("ptr");
+    let mut ebpf = fx.object();
     for name in ["mirror_src_ingress", "mirror_src_egress", "mirror_dst_egress"] {
         let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
         p.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));

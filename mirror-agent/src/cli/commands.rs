@@ -305,7 +305,7 @@ pub fn attach(ctx: &Context, args: &AttachArgs) -> Result<()> {
 
 /// Unpins everything once no session is left in the namespace.
 pub fn cleanup_if_unused(store: Store, layout: &Layout) -> Result<()> {
-    if !store.sessions()?.is_empty() || hooks::attached_count(layout)? != 0 {
+    if !store.sessions_without_text()?.is_empty() || hooks::attached_count(layout)? != 0 {
         return Ok(());
     }
     drop(store);
@@ -332,7 +332,7 @@ pub fn detach(ctx: &Context, name: Option<&str>, all: bool) -> Result<()> {
     let Some(mut store) = Store::open(layout)? else {
         return if all { layout.remove_empty_dirs() } else { Err(unknown()) };
     };
-    let sessions = store.sessions()?;
+    let sessions = store.sessions_without_text()?;
     let targets: Vec<&Session> = if all {
         sessions.iter().collect()
     } else {

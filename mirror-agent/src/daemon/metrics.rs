@@ -275,7 +275,7 @@ pub fn collect(ctx: &Context, status: Option<&DaemonStatus>) -> Result<Registry>
         };
     let (session_count, hook_count) = match &opened {
         Some((store, _)) => {
-            let sessions = store.sessions()?;
+            let sessions = store.sessions_without_text()?;
             // A hook that cannot be probed leaves the gauge out, not the scrape.
             let missing = match hooks::missing(store, layout) {
                 Ok(m) => Some(m),

@@ -203,7 +203,7 @@ fn desired(store: &Store) -> Result<BTreeSet<Hook>> {
             hooks.extend(cut_hook(slot.dest_ifindex, slot.snaplen));
         }
     }
-    for session in store.sessions()? {
+    for session in store.sessions_without_text()? {
         // A destination that does not exist (ifindex 0: a daemon session
         // waiting for it) has no hook to need.
         hooks.extend(cut_hook(session.config.dest_ifindex, session.config.snaplen));

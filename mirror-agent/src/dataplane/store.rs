@@ -530,6 +530,17 @@ impl Store {
 
     /// Every session, by id, with its sources.
     pub fn sessions(&self) -> Result<Vec<Session>> {
+        self.read_sessions(true)
+    }
+
+    /// [`Self::sessions`] without the selections' text (`select_text` is
+    /// empty): for readers that only count, such as a metrics scrape (a text
+    /// is up to 4 KiB a session, one lookup each).
+    pub fn sessions_without_text(&self) -> Result<Vec<Session>> {
+        self.read_sessions(false)
+    }
+
+    fn read_sessions(&self, with_text: bool) -> Result<Vec<Session>> {
         use aya::maps::IterableMap as _;
         let mut by_id: BTreeMap<u32, Session> = BTreeMap::new();
         // One batch read of the whole table; one lookup per id if the
@@ -545,7 +556,7 @@ impl Store {
         for (id, config) in configs.into_iter().enumerate().skip(1) {
             let id = id as u32;
             if !config.is_free() {
-                let select_text = self.select_text(id, &config)?;
+                let select_text = if with_text { self.select_text(id, &config)? } else { String::new() };
                 by_id.insert(
                     id,
                     Session {
@@ -684,8 +695,9 @@ impl Store {
         self.sessions.get(&id, 0).context("reading SESSIONS")
     }
 
+    /// The session named `name` (without its selection's text).
     pub fn find(&self, name: &str) -> Result<Option<Session>> {
-        Ok(self.sessions()?.into_iter().find(|s| s.name() == name))
+        Ok(self.sessions_without_text()?.into_iter().find(|s| s.name() == name))
     }
 
     fn free_id(&self) -> Result<u32> {

@@ -242,6 +242,23 @@ pub struct Rule {
     pub tcp_flags: Option<TcpFlags>,
 }
 
+impl Rule {
+    /// Rule `number` with no criterion: it matches every packet.
+    pub fn new(number: u32, action: Action) -> Self {
+        Self {
+            number,
+            action,
+            direction: None,
+            protocol: None,
+            source: None,
+            destination: None,
+            source_ports: None,
+            destination_ports: None,
+            tcp_flags: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpFlags {
     pub value: u8,

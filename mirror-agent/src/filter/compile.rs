@@ -19,6 +19,7 @@ use mirror_common::{
     FilterInsn,
     field::{self},
     filter::{MAX_INSNS, MEMWORDS, alu, cmp, op},
+    vm::{self, compare},
 };
 
 use super::{
@@ -27,7 +28,7 @@ use super::{
         Action, Arith, ArithOp, Dir, Expr, HostProto, LoadBase, PortProto, Prim, ProtoBase, ProtoName, Rel,
         RelOp, Rule, RuleSet,
     },
-    optimize::{self, Builder, Dag, Node, NodeId, Src, Test, compare},
+    optimize::{self, Builder, Dag, Node, NodeId, Src, Test},
 };
 
 /// Deepest nesting of `and`/`or`/`not`/parentheses (beyond plain chains
@@ -659,19 +660,9 @@ enum Val {
     Neg(Box<Val>),
 }
 
+/// Constant folding: what the machine computes (`None`: a fault).
 fn apply(o: ArithOp, a: u32, b: u32) -> Option<u32> {
-    Some(match o {
-        ArithOp::Add => a.wrapping_add(b),
-        ArithOp::Sub => a.wrapping_sub(b),
-        ArithOp::Mul => a.wrapping_mul(b),
-        ArithOp::Div => a.checked_div(b)?,
-        ArithOp::Mod => a.checked_rem(b)?,
-        ArithOp::And => a & b,
-        ArithOp::Or => a | b,
-        ArithOp::Xor => a ^ b,
-        ArithOp::Shl => a.checked_shl(b).unwrap_or(0),
-        ArithOp::Shr => a.checked_shr(b).unwrap_or(0),
-    })
+    vm::arith(alu_op(o), a, b)
 }
 
 /// The literal libpcap's code for `a` starts with, if it starts with one.
@@ -1442,17 +1433,7 @@ mod tests {
     }
 
     fn rule(number: u32, action: Action) -> Rule {
-        Rule {
-            number,
-            action,
-            direction: None,
-            protocol: None,
-            source: None,
-            destination: None,
-            source_ports: None,
-            destination_ports: None,
-            tcp_flags: None,
-        }
+        Rule::new(number, action)
     }
 
     #[test]

@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use mirror_common::{
     FilterInsn,
     filter::{cmp, op, test_arg},
+    vm::compare,
 };
 
 /// What a test compares.
@@ -528,16 +529,6 @@ pub fn optimize(dag: &Dag) -> Dag {
 
 fn load_free(src: &Src) -> bool {
     matches!(src, Src::Const { .. } | Src::Folded { .. })
-}
-
-/// The machine's comparisons.
-pub fn compare(how: u8, a: u32, b: u32) -> bool {
-    match how {
-        cmp::EQ => a == b,
-        cmp::GT => a > b,
-        cmp::GE => a >= b,
-        _ => a & b != 0,
-    }
 }
 
 /// What `X` holds on entry to a node.

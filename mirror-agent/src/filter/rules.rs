@@ -96,17 +96,7 @@ pub fn parse_rule(text: &str) -> Result<Rule, FilterError> {
         return Err(FilterError::at(end, "expected `accept` or `reject` after the rule number"));
     };
     let action = parse_action(action_word).map_err(|e| FilterError::at(action_span, e.message))?;
-    let mut rule = Rule {
-        number,
-        action,
-        direction: None,
-        protocol: None,
-        source: None,
-        destination: None,
-        source_ports: None,
-        destination_ports: None,
-        tcp_flags: None,
-    };
+    let mut rule = Rule::new(number, action);
     let mut seen: Vec<(Field, Span)> = vec![(Field::Number, number_span)];
     while let Some((word, span)) = it.next() {
         let field = match word {
@@ -421,17 +411,7 @@ mod tests {
     use crate::filter::ast::Action::{Accept, Reject};
 
     fn rule(number: u32, action: Action) -> Rule {
-        Rule {
-            number,
-            action,
-            direction: None,
-            protocol: None,
-            source: None,
-            destination: None,
-            source_ports: None,
-            destination_ports: None,
-            tcp_flags: None,
-        }
+        Rule::new(number, action)
     }
 
     #[test]
