@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod parse;
+pub mod view;
 pub mod vm;
 
 /// Packet direction, from the *source* interface's point of view.
@@ -387,6 +388,11 @@ pub mod selector_flags {
     /// Sampling keeps whole flows: a symmetric hash of the 5-tuple decides,
     /// so both directions of a flow are kept or skipped together.
     pub const SAMPLE_FLOW: u32 = 1 << 1;
+    /// The program is also loaded as native code, at this selector's index
+    /// of `NATIVE_FILTERS` ([`crate::view::native_index`]): the hook runs
+    /// that rather than interpreting it. Set only after the program is in
+    /// the array; an unset flag (or a missing program) = the interpreter.
+    pub const NATIVE: u32 = 1 << 2;
 }
 
 /// `SELECTORS` value: one bank of a session's selection, everything the
@@ -481,7 +487,14 @@ pub mod prefilter {
     /// packet of class `class`.
     #[inline(always)]
     pub const fn may_accept(reject_classes: u64, class: u32) -> bool {
-        class >= 64 || reject_classes & (1 << class) == 0
+        reject_classes & class_bit(class) == 0
+    }
+
+    /// `class`'s bit in a `reject_classes` set; 0 for [`UNKNOWN`] (and any
+    /// class past the set), which no set rejects.
+    #[inline(always)]
+    pub const fn class_bit(class: u32) -> u64 {
+        if class < 64 { 1 << class } else { 0 }
     }
 }
 
@@ -853,8 +866,10 @@ pub mod names {
     pub const RATE_STATE: &str = "RATE_STATE";
     /// Per-CPU scratch: the packet as filters see it.
     pub const VIEW: &str = "VIEW";
+    /// Program array: native filter programs, then the hooks they return to.
+    pub const NATIVE_FILTERS: &str = "NATIVE_FILTERS";
     /// Every map the programs pin (removed with the last session).
-    pub const PINNED_MAPS: [&str; 11] = [
+    pub const PINNED_MAPS: [&str; 12] = [
         SOURCE_INDEX,
         SOURCE_ENTRIES,
         SOURCE_OVERFLOW,
@@ -866,6 +881,7 @@ pub mod names {
         FILTER_SPECS,
         RATE_STATE,
         VIEW,
+        NATIVE_FILTERS,
     ];
     /// 0.1.0's source map: state of that layout must be detached by that build.
     pub const LEGACY_SOURCES: &str = "SOURCES";

@@ -149,14 +149,17 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
     if is_copy {
         set_cut_verdict(cut_verdict::NONE);
     }
-    let (run, outer_claim) =
-        if is_copy || entry_flags & entry_flags::NO_RUN == 0 { select::begin_run() } else { (0, 0) };
+    // The exclusive claim of the run a copy's run interrupts.
+    let outer_claim = if is_copy { select::current_claim() } else { 0 };
     // What the filters' cheap test reads, once for all slots.
     let class = if !is_copy && entry_flags & entry_flags::FILTERS != 0 {
         packet_class(ctx)
     } else {
         prefilter::UNKNOWN
     };
+    // The selection run, after the chain of native filters if any: one
+    // unknown number for the verifier, whichever way it went.
+    let run = select::run_start(skb, number, direction | u32::from(is_copy) << 1 | entry_flags << 8, class);
     for i in 0..MAX_SESSIONS_PER_SOURCE {
         if i as u32 >= slot_count {
             break;
@@ -249,7 +252,7 @@ pub extern "C" fn mirror_slot(skb: *mut __sk_buff, where_: u32, number: u32, mar
             count(slot.session_id, direction, reason::FILTERED, len);
             return 0;
         };
-        if !selects(&lens, &slot, direction, len) {
+        if !selects(&lens, &slot, index as u32, direction, len) {
             return 0;
         }
     }
@@ -300,13 +303,14 @@ fn copy(skb: *mut __sk_buff, slot: &SessionSlot, direction: u32, len: u32, depth
     }
 }
 
-/// Whether a slot with selection flags takes this packet; counts why not.
+/// Whether slot `index`, which has selection flags, takes this packet;
+/// counts why not.
 /// In order: the filter (`filtered`), exclusivity (`preempted`), sampling
 /// (`sampled_out`), the rate limit (`rate_limited`), then a dry run counts
 /// what would have been copied (`dry_run`). So a dry run's counters are
 /// exactly the copies the session would make.
 #[inline(always)]
-fn selects(lens: &Lens, slot: &SessionSlot, direction: u32, len: u32) -> bool {
+fn selects(lens: &Lens, slot: &SessionSlot, index: u32, direction: u32, len: u32) -> bool {
     let id = slot.session_id;
     let flags = slot.flags;
     let selector = if flags & slot_flags::NEEDS_SELECTOR != 0 {
@@ -326,7 +330,8 @@ fn selects(lens: &Lens, slot: &SessionSlot, direction: u32, len: u32) -> bool {
         if flags & slot_flags::FILTER != 0 || selector.flags & selector_flags::SAMPLE_FLOW != 0 {
             lens.prepare(selector);
         }
-        if flags & slot_flags::FILTER != 0 && !lens.filter(selector) {
+        // The slot's native filter, if it ran, else the interpreter.
+        if flags & slot_flags::FILTER != 0 && !lens.native_or_filter(selector, index) {
             count(id, direction, reason::FILTERED, len);
             return false;
         }
@@ -374,6 +379,12 @@ fn source_entry(ifindex: u32, direction: u32) -> Option<(*const SourceEntry, u32
     // `entry_in` rejects an entry that is not this hook's.
     let cell = unsafe { SOURCE_OVERFLOW.get(hook) }.copied()?;
     entry_in(cell, hook)
+}
+
+/// Entry `number` of `SOURCE_ENTRIES`.
+#[inline(always)]
+pub(crate) fn entry_at(number: u32) -> Option<*const SourceEntry> {
+    SOURCE_ENTRIES.get_ptr(number)
 }
 
 /// The entry published in `cell`, if it belongs to `hook`.

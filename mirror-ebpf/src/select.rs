@@ -12,13 +12,14 @@ use aya_ebpf::{
     bindings::__sk_buff,
     helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop, bpf_skb_load_bytes},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, ProgramArray},
+    programs::TcContext,
 };
 use mirror_common::{
-    FilterInsn, FilterSpec, MAX_SESSIONS, RateState, SELECTOR_BANKS, Selector, field, filter,
-    parse::{self, Fields},
-    selector_flags,
-    vm::{self, Machine},
+    FilterInsn, FilterSpec, MAX_SESSIONS, RateState, SELECTOR_BANKS, Selector, field, filter, parse,
+    prefilter, selector_flags, selector_index, slot_flags,
+    view::{NATIVE_CHAIN, View, native_index, native_state},
+    vm,
 };
 
 /// Two banks per session of what selects its packets.
@@ -44,41 +45,15 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 #[map]
 static VIEW: PerCpuArray<View> = PerCpuArray::pinned(1, 0);
 
+/// Native filter programs, by selector index ([`native_index`]). Written
+/// by the agent.
+#[map]
+static NATIVE_FILTERS: ProgramArray = ProgramArray::pinned(native_index::ENTRIES, 0);
+
 /// Where the metadata tag sits in the frame as it was on the wire.
 const TAG_OFFSET: u32 = 12;
 const TAG_LEN: u32 = 4;
 const HEADER: usize = filter::HEADER_BYTES as usize;
-
-#[repr(C)]
-pub(crate) struct View {
-    /// Bumped by each hook run that selects: the number of the run.
-    run_counter: u64,
-    /// The sampling generator's state (xorshift64*), per CPU; seeded from
-    /// the kernel's generator on first use.
-    prng: u64,
-    /// The run whose packet `header` holds (a nested run, the copy of a
-    /// copy sent from inside our `bpf_clone_redirect`, takes the view over:
-    /// the outer run then finds another number, and fills it again).
-    filled_run: u64,
-    /// The run whose packet `fields` hold.
-    parsed_run: u64,
-    /// The run in which an exclusive slot took the packet.
-    claimed_run: u64,
-    /// Bytes of the frame as on the wire.
-    len: u32,
-    /// Bytes of it in `header`.
-    header_len: u32,
-    /// Whether the outer tag is in metadata, and that tag as on the wire.
-    has_tag: u32,
-    tag: u32,
-    fields: Fields,
-    /// The filter machine's registers. In map memory, not on the stack: the
-    /// verifier tracks stack values, and would check `step` once per
-    /// combination of known and unknown registers and scratch words.
-    machine: Machine,
-    /// Slack of 4 so that a 4-byte read at any masked offset stays inside.
-    header: [u8; HEADER + 4],
-}
 
 /// One packet's view for one hook run.
 ///
@@ -107,21 +82,10 @@ impl Lens {
     }
 
     /// Fills the view for this packet (and parses its fields if the
-    /// selector reads them), unless this run already did. One call site for
-    /// each of the two: the verifier checks an out-of-line function once
-    /// per call site.
+    /// selector reads them), unless this run already did.
     #[inline(always)]
     pub(crate) fn prepare(&self, selector: &Selector) {
-        let view = self.view;
-        // SAFETY: as in `begin_run`.
-        if unsafe { (*view).filled_run } != self.run {
-            fill(view, self.skb, self.run);
-        }
-        // SAFETY: as in `begin_run`.
-        let parsed = unsafe { (*view).parsed_run } == self.run;
-        if selector.flags & selector_flags::FIELDS != 0 && !parsed {
-            parse_view(view, self.direction, self.run);
-        }
+        view_prepare(self.skb, self.direction, self.run, selector.flags & selector_flags::FIELDS);
     }
 
     /// Runs the selector's program: true if it accepts the packet. After
@@ -129,6 +93,18 @@ impl Lens {
     #[inline(always)]
     pub(crate) fn filter(&self, selector: &Selector) -> bool {
         run(self.view, self.skb, selector.prog_start, selector.prog_len)
+    }
+
+    /// What slot `slot`'s native filter decided in this run, else what the
+    /// interpreter does: true if the packet is accepted. After
+    /// [`Self::prepare`].
+    #[inline(always)]
+    pub(crate) fn native_or_filter(&self, selector: &Selector, slot: u32) -> bool {
+        match native_verdict(self.run, slot) {
+            vm::verdict::ACCEPT => true,
+            vm::verdict::REJECT => false,
+            _ => self.filter(selector),
+        }
     }
 
     /// Whether sampling keeps the packet. After [`Self::prepare`].
@@ -157,15 +133,156 @@ impl Lens {
     }
 }
 
+/// Fills the view of run `run` with this packet's head (and, if
+/// `fields` is set, parses its fields), unless the run already did.
+///
+/// A global function: the verifier checks it, and the fill and parse it
+/// calls, once on its own, however many places prepare a view.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn view_prepare(skb: *mut __sk_buff, direction: u32, run: u64, fields: u32) -> u32 {
+    let Some(view) = VIEW.get_ptr_mut(0) else { return 0 };
+    if skb.is_null() {
+        return 0;
+    }
+    // SAFETY: as in `begin_run`.
+    if unsafe { (*view).filled_run } != run {
+        fill(view, skb, run);
+    }
+    // SAFETY: as in `begin_run`.
+    let parsed = unsafe { (*view).parsed_run } == run;
+    if fields != 0 && !parsed {
+        parse_view(view, direction & 1, run);
+    }
+    1
+}
+
+/// What slot `slot`'s native filter decided in run `run`: `ACCEPT`,
+/// `REJECT`, or `RUNNING` (undecided: the interpreter runs). Read from the
+/// view, not carried in registers, so that the verifier's paths through the
+/// slots stay few (see [`Lens`]).
+#[inline(always)]
+fn native_verdict(run: u64, slot: u32) -> u32 {
+    let Some(view) = VIEW.get_ptr(0) else { return vm::verdict::RUNNING };
+    // SAFETY: as in `begin_run`.
+    unsafe {
+        let n = &raw const (*view).native;
+        let bit = 1 << (slot & 31);
+        if run == 0 || (*n).run != run || (*n).decided & bit == 0 {
+            vm::verdict::RUNNING
+        } else if (*n).accepted & bit != 0 {
+            vm::verdict::ACCEPT
+        } else {
+            vm::verdict::REJECT
+        }
+    }
+}
+
+/// Starts the chain of native filters of entry `number`'s slots (those
+/// with a native program whose class the prefilter does not reject): fills
+/// the view for them, writes the chain, and returns the `NATIVE_FILTERS`
+/// index of its first program, or `u32::MAX` if no slot has one. The
+/// caller tail-calls it.
+#[inline(always)]
+fn native_start(skb: *mut __sk_buff, number: u32, direction: u32, run: u64, class: u32) -> u32 {
+    const NONE: u32 = u32::MAX;
+    let Some(view) = VIEW.get_ptr_mut(0) else { return NONE };
+    let Some(entry) = crate::datapath::entry_at(number) else { return NONE };
+    if run == 0 {
+        return NONE;
+    }
+    // SAFETY: an array element, alive for the program's run.
+    let slot_count = unsafe { (*entry).slot_count };
+    // SAFETY: as in `begin_run`. What the loop learns is kept in the map,
+    // not in registers: otherwise each slot would double the verifier's
+    // paths through the rest.
+    let n = unsafe { &raw mut (*view).native };
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*n).count, 0);
+        core::ptr::write_volatile(&raw mut (*n).fields, 0);
+    }
+    for i in 0..NATIVE_CHAIN {
+        if i as u32 >= slot_count {
+            break;
+        }
+        // SAFETY: as above; `i` is bounded by the array length.
+        let slot = unsafe { (*entry).slots[i] };
+        if slot.flags & slot_flags::FILTER == 0 {
+            continue;
+        }
+        let index = selector_index(slot.session_id, slot.flags & slot_flags::BANK1 != 0);
+        let Some(selector) = SELECTORS.get(index) else { continue };
+        if selector.flags & selector_flags::NATIVE == 0
+            || (class != prefilter::UNKNOWN && !prefilter::may_accept(selector.reject_classes, class))
+        {
+            continue;
+        }
+        // SAFETY: as above; the position is masked into the chain.
+        // Volatile: kept in the map, where the verifier does not follow it.
+        unsafe {
+            let at = core::ptr::read_volatile(&raw const (*n).count);
+            (*n).chain[at as usize & (NATIVE_CHAIN - 1)] = index | (i as u32) << native_index::SLOT_SHIFT;
+            core::ptr::write_volatile(&raw mut (*n).count, at + 1);
+            let fields = core::ptr::read_volatile(&raw const (*n).fields);
+            core::ptr::write_volatile(&raw mut (*n).fields, fields | selector.flags & selector_flags::FIELDS);
+        }
+    }
+    // SAFETY: as above.
+    let (count, fields) = unsafe { ((*n).count, (*n).fields) };
+    if count == 0 || view_prepare(skb, direction, run, fields) == 0 {
+        return NONE;
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*n).next = 0;
+        (*n).decided = 0;
+        (*n).accepted = 0;
+        (*n).run = run;
+        (*n).state = native_state::PENDING;
+        (*n).chain[0] & native_index::INDEX_MASK
+    }
+}
+
+/// The selection run of a source hook's run (0: none is needed). When
+/// some slot has a native filter, the chain of them runs first: tail-called
+/// from here, so that (a tail call made from a function replaces only that
+/// function) its last program returns here to the hook, with the run's
+/// number; if the first tail call fails, the chain ended, and the slots run
+/// the interpreter. `flags`: the direction, bit 1 for a copy, the entry's
+/// flags from bit 8.
+///
+/// A global function, so that the hook's loop is reached from one state
+/// whichever way the run went.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn run_start(skb: *mut __sk_buff, number: u32, flags: u32, class: u32) -> u64 {
+    let direction = flags & 1;
+    let is_copy = flags & 2 != 0;
+    let entry_flags = flags >> 8;
+    if !is_copy && entry_flags & mirror_common::entry_flags::NO_RUN != 0 {
+        return 0;
+    }
+    let run = begin_run();
+    if !is_copy && entry_flags & mirror_common::entry_flags::FILTERS != 0 && run != 0 && !skb.is_null() {
+        let first = native_start(skb, number, direction, run, class);
+        if first != u32::MAX {
+            // SAFETY: a tail call with the program's own context.
+            unsafe { NATIVE_FILTERS.tail_call(&TcContext::new(skb), first) };
+            if let Some(view) = VIEW.get_ptr_mut(0) {
+                // SAFETY: as in `begin_run`.
+                unsafe { (*view).native.state = native_state::IDLE };
+            }
+        }
+    }
+    run
+}
+
 /// Random sampling of a slot with no other selection step: whether it
 /// keeps the packet (counting `sampled_out` if not).
 #[inline(always)]
 pub(crate) fn sampled_at_random(slot: &mirror_common::SessionSlot, direction: u32, len: u32) -> bool {
     let bound = SELECTORS
-        .get(mirror_common::selector_index(
-            slot.session_id,
-            slot.flags & mirror_common::slot_flags::BANK1 != 0,
-        ))
+        .get(selector_index(slot.session_id, slot.flags & slot_flags::BANK1 != 0))
         .map_or(0, |s| s.sample_keep_below);
     if parse::keeps_below(random(), bound) {
         return true;
@@ -198,18 +315,25 @@ fn random() -> u32 {
 }
 
 /// Starts a selection run for the packet at hand: its number (0 if the
-/// view cannot be read), and the exclusive claim of the run it may
-/// interrupt (see [`end_nested_run`]).
+/// view cannot be read).
 #[inline(always)]
-pub(crate) fn begin_run() -> (u64, u64) {
-    let Some(view) = VIEW.get_ptr_mut(0) else { return (0, 0) };
+fn begin_run() -> u64 {
+    let Some(view) = VIEW.get_ptr_mut(0) else { return 0 };
     // SAFETY: per-CPU value of this CPU; no other program runs on this CPU
     // while we do, except nested ones inside our own helper calls.
     unsafe {
         let run = (*view).run_counter.wrapping_add(1).max(1);
         (*view).run_counter = run;
-        (run, (*view).claimed_run)
+        run
     }
+}
+
+/// The exclusive claim of the run in progress on this CPU: a copy's run,
+/// nested in it, gives it back when it ends (see [`end_nested_run`]).
+#[inline(always)]
+pub(crate) fn current_claim() -> u64 {
+    // SAFETY: as in `begin_run`.
+    VIEW.get_ptr(0).map_or(0, |view| unsafe { (*view).claimed_run })
 }
 
 /// Ends a run nested in another one (a copy being copied again, from inside

@@ -7,7 +7,12 @@ use aya::{
     maps::{Array, PerCpuArray},
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
-use mirror_agent::{dataplane::selection, filter::Program};
+use std::os::fd::AsFd as _;
+
+use mirror_agent::{
+    dataplane::{native, selection},
+    filter::Program,
+};
 use mirror_common::{
     Counter, DirectionCounters, EntryRef, FilterInsn, SessionConfig, SessionSlot, SourceEntry, SourceKey,
     counter_index, entry_flags, reason, selector_index, source_index,
@@ -55,14 +60,30 @@ impl Fixture {
     }
 
     /// The object with the source and destination programs loaded (call
-    /// inside the namespace).
+    /// inside the namespace); filters also run natively, as the agent's do
+    /// (unless `MIRROR_AGENT_NATIVE_FILTERS=0`).
     pub fn load(&self) -> Datapath {
+        self.load_with(native::enabled())
+    }
+
+    /// [`Self::load`], filters run by the interpreter alone.
+    pub fn load_interpreted(&self) -> Datapath {
+        self.load_with(false)
+    }
+
+    fn load_with(&self, native: bool) -> Datapath {
         let mut ebpf = self.object();
         for name in ["mirror_src_ingress", "mirror_src_egress", "mirror_dst_egress"] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
         }
-        Datapath { ebpf, src: self.src, dst: self.dst, next_insn: 0 }
+        let mut dp = Datapath { ebpf, src: self.src, dst: self.dst, next_insn: 0, native: None };
+        if native {
+            let pin = |name: &str| aya::maps::MapData::from_pin(self.bpffs.join(name)).expect("pinned map");
+            let (view, array) = (pin("VIEW"), pin("NATIVE_FILTERS"));
+            dp.native = Some((view, array));
+        }
+        dp
     }
 }
 
@@ -113,6 +134,9 @@ pub struct Datapath {
     pub src: u32,
     pub dst: u32,
     next_insn: u32,
+    /// `VIEW` and `NATIVE_FILTERS`, when filters also run natively (as
+    /// the agent does unless `MIRROR_AGENT_NATIVE_FILTERS=0`).
+    native: Option<(aya::maps::MapData, aya::maps::MapData)>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -138,7 +162,13 @@ impl Datapath {
             config.select_bank = 0;
             config.dest_ifindex = dest;
             let start = self.write_program(s.program.as_ref());
-            let selector = selection::selector_of(&config, s.program.as_ref(), start);
+            let mut selector = selection::selector_of(&config, s.program.as_ref(), start);
+            let index = selector_index(s.id, false);
+            if let (Some((view, array)), Some(p)) = (&self.native, s.program.as_ref()) {
+                native::install(view.fd().as_fd(), array.fd().as_fd(), index, &p.insns)
+                    .unwrap_or_else(|e| panic!("native filter of session {}: {e:#}", s.id));
+                selector.flags |= mirror_common::selector_flags::NATIVE;
+            }
             let mut selectors: Array<_, mirror_common::Selector> =
                 Array::try_from(self.ebpf.map_mut("SELECTORS").unwrap()).unwrap();
             selectors.set(selector_index(s.id, false), selector, 0).unwrap();
@@ -200,6 +230,34 @@ impl Datapath {
         };
         let r = p.test_run(opts).map_err(|e| format!("{e:?}"))?;
         Ok((r.return_value, u32::from_ne_bytes(ctx_out[SKB_MARK..SKB_MARK + 4].try_into().unwrap())))
+    }
+
+    /// Empties `NATIVE_FILTERS[index]` behind the selector's back (a
+    /// program being replaced).
+    pub fn clear_native(&self, index: u32) {
+        let (_, array) = self.native.as_ref().expect("native filters");
+        native::clear(array.fd().as_fd(), index).unwrap();
+    }
+
+    /// Whether filters run natively here.
+    pub fn native(&self) -> bool {
+        self.native.is_some()
+    }
+
+    /// Every CPU's `VIEW`, as raw bytes.
+    pub fn views(&self) -> Vec<Vec<u8>> {
+        let map: PerCpuArray<_, [u8; size_of::<mirror_common::view::View>()]> =
+            PerCpuArray::try_from(self.ebpf.map("VIEW").unwrap()).unwrap();
+        map.get(&0, 0).unwrap().iter().map(|v| v.to_vec()).collect()
+    }
+
+    /// Sets every CPU's `VIEW` to `bytes`.
+    pub fn set_views(&mut self, bytes: &[u8]) {
+        let mut map: PerCpuArray<_, [u8; size_of::<mirror_common::view::View>()]> =
+            PerCpuArray::try_from(self.ebpf.map_mut("VIEW").unwrap()).unwrap();
+        let value: [u8; size_of::<mirror_common::view::View>()] = bytes.try_into().unwrap();
+        let values = aya::maps::PerCpuValues::try_from(vec![value; aya::util::nr_cpus().unwrap()]).unwrap();
+        map.set(0, values, 0).unwrap();
     }
 
     /// A session's ingress counter for `reason`, summed over CPUs.

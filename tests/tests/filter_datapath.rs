@@ -11,13 +11,31 @@ use mirror_tests::{
     pcap,
 };
 
+/// Native filters: what the agent runs (a frame's bytes past the view's
+/// first 128 still go to the interpreter).
 #[test]
-fn the_datapath_filters_equal_tcpdump() {
-    let fx = Fixture::new("fdiff");
+fn native_filters_equal_tcpdump() {
+    differential(true);
+}
+
+/// The interpreter alone: every filter's fallback.
+#[test]
+fn interpreted_filters_equal_tcpdump() {
+    differential(false);
+}
+
+fn differential(native: bool) {
+    let fx = Fixture::new(if native { "fdiffn" } else { "fdiffi" });
     let mut refused = std::collections::BTreeMap::new();
+    let label = if native {
+        "datapath, native (BPF_PROG_TEST_RUN)"
+    } else {
+        "datapath, interpreted (BPF_PROG_TEST_RUN)"
+    };
     let report = fx.ns.run(|| {
-        let mut dp = fx.load();
-        pcap::differential("datapath (BPF_PROG_TEST_RUN)", |expr, packets| {
+        let mut dp = if native { fx.load() } else { fx.load_interpreted() };
+        assert_eq!(dp.native(), native, "MIRROR_AGENT_NATIVE_FILTERS=0 turns native filters off");
+        pcap::differential(label, |expr, packets| {
             let e = filter::parse_expr(expr).map_err(|e| e.render(expr))?;
             let program = filter::compile_selection(&Selection { rules: None, expr: Some(e) })
                 .map_err(|e| e.render(expr))?

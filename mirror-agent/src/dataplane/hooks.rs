@@ -497,6 +497,10 @@ fn attach(ebpf: &mut aya::Ebpf, layout: &Layout, hook: Hook, use_tcx: bool) -> R
     if prog.fd().is_err() {
         prog.load().with_context(|| format!("loading {} (verifier)", hook.kind.program()))?;
     }
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(hook.kind.program())
+        .with_context(|| format!("program {} missing from the object", hook.kind.program()))?
+        .try_into()?;
     let ctx = || format!("attaching {} to {ifname}", hook.kind.program());
     if use_tcx {
         let id = prog

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod bpffs;
 pub mod hooks;
+pub mod native;
 pub mod rcu;
 pub mod selection;
 pub mod sessions;

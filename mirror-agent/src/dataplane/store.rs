@@ -17,12 +17,13 @@ use mirror_common::{
     Counter, DirectionCounters, EntryRef, FilterInsn, FilterSpec, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
     MAX_SOURCE_HOOKS, NO_ENTRY, RateState, SESSION_NAME_LEN, SOURCE_ENTRY_COUNT, Selector, SessionConfig,
     SessionSlot, SourceEntry, SourceKey, counter_index, direction, entry_flags, names, reason,
-    selector_index, session_flags, slot_flags, source_index,
+    selector_flags, selector_index, session_flags, slot_flags, source_index,
 };
 
 use crate::{
     dataplane::{
         bpffs::Layout,
+        native,
         selection::{self, InsnPool, SelectSpec},
     },
     error::InputError,
@@ -260,6 +261,9 @@ pub struct Store {
     insns: Array<MapData, FilterInsn>,
     specs: HashMap<MapData, u32, FilterSpec>,
     rate: Array<MapData, RateState>,
+    /// `VIEW` and `NATIVE_FILTERS`, when native filters are on and the
+    /// pinned maps have them.
+    native: Option<(MapData, MapData)>,
     /// `FILTER_INSNS` ranges in use; read from the selectors when first needed.
     pool: Option<InsnPool>,
     /// Selector banks unpublished since the last grace period (programs may
@@ -346,6 +350,14 @@ impl Store {
             insns: Array::try_from(Map::Array(insns))?,
             specs: HashMap::try_from(Map::HashMap(specs))?,
             rate: Array::try_from(Map::Array(rate))?,
+            native: if native::enabled() {
+                match (open_pinned(layout, names::VIEW)?, open_pinned(layout, names::NATIVE_FILTERS)?) {
+                    (Some(view), Some(array)) => Some((view, array)),
+                    _ => None,
+                }
+            } else {
+                None
+            },
             pool: None,
             retired_banks: BTreeSet::new(),
             banks_quiet: false,
@@ -416,6 +428,7 @@ impl Store {
                     pool.release(old.prog_start, old.prog_len);
                 }
                 self.selectors.set(index, Selector::default(), 0).context("writing SELECTORS")?;
+                self.clear_native(index)?;
             }
         }
         self.entries_pool.settle(self.hooks.values().map(|h| h.entry).chain(self.stray.iter().copied()));
@@ -665,7 +678,10 @@ impl Store {
         }
         select.apply_to(config);
         config.select_bank = u32::from(bank1);
-        let selector = selection::selector_of(config, program, start);
+        let mut selector = selection::selector_of(config, program, start);
+        if self.install_native(index, program.map(|p| p.insns.as_slice())) {
+            selector.flags |= selector_flags::NATIVE;
+        }
         self.selectors.set(index, selector, 0).context("writing SELECTORS")?;
         if select.text.is_empty() {
             self.remove_spec(index)?;
@@ -679,6 +695,35 @@ impl Store {
             self.retired_banks.insert(selector_index(id, !bank1));
         }
         Ok(())
+    }
+
+    /// Puts the native code of `program` (none: no program) at `index` of
+    /// `NATIVE_FILTERS`, before the selector that says so is written: true
+    /// if it is there. A program the kernel does not take is left to the
+    /// interpreter, with a warning; the selection stands.
+    fn install_native(&self, index: u32, program: Option<&[FilterInsn]>) -> bool {
+        let Some((view, array)) = &self.native else { return false };
+        let Some(insns) = program else {
+            if let Err(e) = native::clear(array.fd().as_fd(), index) {
+                tracing::warn!(selector = index, "{e:#}");
+            }
+            return false;
+        };
+        match native::install(view.fd().as_fd(), array.fd().as_fd(), index, insns) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(selector = index, "filter left to the interpreter: {e:#}");
+                false
+            }
+        }
+    }
+
+    /// Empties `NATIVE_FILTERS[index]` (the selector no longer names it).
+    fn clear_native(&self, index: u32) -> Result<()> {
+        match &self.native {
+            Some((_, array)) => native::clear(array.fd().as_fd(), index),
+            None => Ok(()),
+        }
     }
 
     /// Deletes a bank's text; an absent one is fine.
@@ -869,6 +914,7 @@ impl Store {
                 self.pending_release.push((old.prog_start, old.prog_len));
                 self.selectors.set(index, Selector::default(), 0).context("writing SELECTORS")?;
             }
+            self.clear_native(index)?;
             self.remove_spec(index)?;
             self.retired_banks.insert(index);
         }

@@ -8,12 +8,14 @@
 //! - [`lexer`], [`parser`]: text to [`ast`], errors pointing at a column;
 //! - [`compile`]: [`ast`] to instructions, with libpcap's semantics;
 //! - [`rules`]: the rule syntax (`--rule`) and the rules' code;
+//! - [`native`]: a program to eBPF, run natively where it can be loaded;
 //! - [`reference`]: a plain evaluator of the [`ast`] over packet bytes,
 //!   written apart from the compiler, that property tests hold it to.
 pub mod ast;
 pub mod compile;
 pub mod fuse;
 pub mod lexer;
+pub mod native;
 pub mod optimize;
 pub mod parser;
 pub mod prefilter;

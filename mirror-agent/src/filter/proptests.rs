@@ -34,7 +34,7 @@ const CASES: u32 = 512;
 ///
 /// CI runs a fixed seed, so that a run is reproducible; set
 /// `PROPTEST_RNG_SEED` (or `random`) to explore.
-fn config() -> ProptestConfig {
+pub(super) fn config() -> ProptestConfig {
     let defaults = ProptestConfig::default();
     ProptestConfig {
         cases: CASES,
@@ -514,7 +514,18 @@ fn agree(selection: &Selection, frames: &[(Vec<u8>, u32)]) -> Result<(), TestCas
     }
     let fillers: Vec<&[u8]> = frames.iter().map(|(f, _)| f.as_slice()).collect();
     for (frame, direction) in frames {
-        let ours = program.matches(&Frame::new(frame, *direction));
+        let seen = Frame::new(frame, *direction);
+        let ours = program.matches(&seen);
+        // The native code says the same, or leaves a frame longer than the
+        // view to the interpreter.
+        match super::native::emulate::decide(&program.insns, &seen) {
+            Some(native) => prop_assert_eq!(native, ours, "native code disagrees on frame {}", hex(frame)),
+            None => prop_assert!(
+                frame.len() > mirror_common::filter::HEADER_BYTES as usize,
+                "native code deferred on frame {}, which the view holds whole",
+                hex(frame)
+            ),
+        }
         let rules = selection.rules.as_ref().is_none_or(|r| {
             reference::rules_accept(r, &mirror_common::parse::parse_fields(&super::Bytes(frame), *direction))
         });
