@@ -69,7 +69,12 @@ pub fn parse_fields<B: Bytes>(b: &B, direction: u32) -> Fields {
 /// [`parse_fields`] into `f` (the datapath parses in place, in map memory).
 #[inline(always)]
 pub fn parse_fields_into<B: Bytes>(b: &B, direction: u32, f: &mut Fields) {
-    *f = [0; FIELD_WORDS];
+    // Word by word: a whole-array assignment becomes a call of the BPF
+    // target's byte-wise `memset` (a tenth of a rules session's cost).
+    for word in f.iter_mut() {
+        // SAFETY: a valid `&mut u32`; volatile keeps these stores.
+        unsafe { core::ptr::write_volatile(word, 0) };
+    }
     set(f, field::DIRECTION, direction);
     set(f, field::L4_PROTO, field::NO_PROTOCOL);
     if link(b, f).is_none() {

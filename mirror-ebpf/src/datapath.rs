@@ -177,7 +177,9 @@ fn mirror_from_source(ctx: &TcContext, direction: u32) {
             }
         }
         let steps = flags & !slot_flags::BANK1;
-        if !is_copy && (steps == 0 || steps == slot_flags::SAMPLE) {
+        // A filter alone that its native code accepted: nothing more to ask.
+        let accepted = !is_copy && steps == slot_flags::FILTER && select::native_accepted(run, i as u32);
+        if !is_copy && (steps == 0 || steps == slot_flags::SAMPLE || accepted) {
             // SAFETY: as above.
             let slot = unsafe { (*entry).slots[i] };
             // Random sampling alone: decided here, the cheapest way to skip
@@ -326,14 +328,16 @@ fn selects(lens: &Lens, slot: &SessionSlot, index: u32, direction: u32, len: u32
         None
     };
     if let Some(selector) = selector {
-        // Random sampling alone needs nothing of the packet.
-        if flags & slot_flags::FILTER != 0 || selector.flags & selector_flags::SAMPLE_FLOW != 0 {
-            lens.prepare(selector);
-        }
-        // The slot's native filter, if it ran, else the interpreter.
+        // The slot's native filter, if it ran, else the interpreter (on the
+        // view, filled for it).
         if flags & slot_flags::FILTER != 0 && !lens.native_or_filter(selector, index) {
             count(id, direction, reason::FILTERED, len);
             return false;
+        }
+        // Flow sampling hashes the parsed fields; random sampling needs
+        // nothing of the packet.
+        if selector.flags & selector_flags::SAMPLE_FLOW != 0 {
+            lens.prepare(selector);
         }
     }
     if flags & slot_flags::EXCLUSIVE != 0 {

@@ -91,19 +91,22 @@ impl Lens {
     /// Runs the selector's program: true if it accepts the packet. After
     /// [`Self::prepare`].
     #[inline(always)]
-    pub(crate) fn filter(&self, selector: &Selector) -> bool {
+    fn filter(&self, selector: &Selector) -> bool {
         run(self.view, self.skb, selector.prog_start, selector.prog_len)
     }
 
     /// What slot `slot`'s native filter decided in this run, else what the
-    /// interpreter does: true if the packet is accepted. After
-    /// [`Self::prepare`].
+    /// interpreter does (on the view, prepared first): true if the packet
+    /// is accepted.
     #[inline(always)]
     pub(crate) fn native_or_filter(&self, selector: &Selector, slot: u32) -> bool {
         match native_verdict(self.run, slot) {
             vm::verdict::ACCEPT => true,
             vm::verdict::REJECT => false,
-            _ => self.filter(selector),
+            _ => {
+                self.prepare(selector);
+                self.filter(selector)
+            }
         }
     }
 
@@ -157,6 +160,12 @@ pub extern "C" fn view_prepare(skb: *mut __sk_buff, direction: u32, run: u64, fi
     1
 }
 
+/// Whether slot `slot`'s native filter accepted the packet of run `run`.
+#[inline(always)]
+pub(crate) fn native_accepted(run: u64, slot: u32) -> bool {
+    native_verdict(run, slot) == vm::verdict::ACCEPT
+}
+
 /// What slot `slot`'s native filter decided in run `run`: `ACCEPT`,
 /// `REJECT`, or `RUNNING` (undecided: the interpreter runs). Read from the
 /// view, not carried in registers, so that the verifier's paths through the
@@ -180,7 +189,7 @@ fn native_verdict(run: u64, slot: u32) -> u32 {
 
 /// Starts the chain of native filters of entry `number`'s slots (those
 /// with a native program whose class the prefilter does not reject): fills
-/// the view for them, writes the chain, and returns the `NATIVE_FILTERS`
+/// and parses the view if one of them reads parsed fields, writes the chain, and returns the `NATIVE_FILTERS`
 /// index of its first program, or `u32::MAX` if no slot has one. The
 /// caller tail-calls it.
 #[inline(always)]
@@ -229,7 +238,11 @@ fn native_start(skb: *mut __sk_buff, number: u32, direction: u32, run: u64, clas
     }
     // SAFETY: as above.
     let (count, fields) = unsafe { ((*n).count, (*n).fields) };
-    if count == 0 || view_prepare(skb, direction, run, fields) == 0 {
+    if count == 0 {
+        return NONE;
+    }
+    // Programs that read parsed fields read the view; the others, the packet.
+    if fields != 0 && view_prepare(skb, direction, run, fields) == 0 {
         return NONE;
     }
     // SAFETY: as above.

@@ -165,9 +165,8 @@ impl Datapath {
             let mut selector = selection::selector_of(&config, s.program.as_ref(), start);
             let index = selector_index(s.id, false);
             if let (Some((view, array)), Some(p)) = (&self.native, s.program.as_ref()) {
-                native::install(view.fd().as_fd(), array.fd().as_fd(), index, &p.insns)
+                selector.flags |= native::install(view.fd().as_fd(), array.fd().as_fd(), index, &p.insns)
                     .unwrap_or_else(|e| panic!("native filter of session {}: {e:#}", s.id));
-                selector.flags |= mirror_common::selector_flags::NATIVE;
             }
             let mut selectors: Array<_, mirror_common::Selector> =
                 Array::try_from(self.ebpf.map_mut("SELECTORS").unwrap()).unwrap();
@@ -258,6 +257,18 @@ impl Datapath {
         let value: [u8; size_of::<mirror_common::view::View>()] = bytes.try_into().unwrap();
         let values = aya::maps::PerCpuValues::try_from(vec![value; aya::util::nr_cpus().unwrap()]).unwrap();
         map.set(0, values, 0).unwrap();
+    }
+
+    /// Nanoseconds per run of the source program on `frame`, over `repeat`
+    /// runs (the kernel's own timing of BPF_PROG_TEST_RUN).
+    pub fn ns_per_run(&self, frame: &[u8], repeat: u32) -> f64 {
+        let p: &SchedClassifier = self.ebpf.program("mirror_src_ingress").unwrap().try_into().unwrap();
+        let mut ctx_in = [0u8; SKB_SIZE];
+        ctx_in[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&self.src.to_ne_bytes());
+        let opts =
+            TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx_in), repeat, ..TestRunOptions::new() };
+        let r = p.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        r.duration.as_nanos() as f64
     }
 
     /// A session's ingress counter for `reason`, summed over CPUs.

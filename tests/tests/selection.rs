@@ -308,16 +308,38 @@ fn native_filters_decide_and_the_interpreter_takes_what_they_cannot() {
         assert!(dp.views().iter().all(|v| word(v, state) == native_state::IDLE), "a chain left behind");
         assert_eq!(dp.packets(1, reason::FILTERED), 2);
 
-        // A byte past the view: the interpreter reads it from the packet.
+        // A program without parsed fields reads the packet, past the
+        // view's first 128 bytes too.
         dp.set_sessions(&[TestSession::new(1).dry_run().program(program("tcp and ether[150] = 7"))]);
         let mut long = ipv4(6, A, B, 1000, 80, 200);
         long[150] = 7;
         poison(&mut dp);
         assert!(dp.selects(1, &long));
-        assert!(interpreted(&dp), "native code cannot read past the view: the interpreter decides");
         long[150] = 8;
         assert!(!dp.selects(1, &long));
         assert!(!dp.selects(1, &ipv4(6, A, B, 1000, 80, 100)), "past the frame: rejected natively");
+        assert!(!interpreted(&dp), "the interpreter ran a filter native code decides");
+
+        // One with rules reads the view (parsed there): a byte past it goes
+        // to the interpreter, which reads it from the packet.
+        let rules = filter::rules::validate(
+            vec![filter::rules::parse_rule("100 accept tcp dport 80").unwrap()],
+            filter::ast::Action::Reject,
+        )
+        .unwrap();
+        let both =
+            Selection { rules: Some(rules), expr: Some(filter::parse_expr("ether[150] = 7").unwrap()) };
+        dp.set_sessions(&[TestSession::new(1)
+            .dry_run()
+            .program(filter::compile_selection(&both).unwrap().unwrap())]);
+        long[150] = 7;
+        poison(&mut dp);
+        assert!(!dp.selects(1, &ipv4(6, A, B, 1000, 81, 200)), "rejected by the rules, natively");
+        assert!(!interpreted(&dp), "the rules decided without the byte past the view");
+        assert!(dp.selects(1, &long));
+        assert!(interpreted(&dp), "native code cannot read past the view: the interpreter decides");
+        long[150] = 8;
+        assert!(!dp.selects(1, &long));
 
         // The program gone from the array: the hook goes on without it.
         dp.set_sessions(&[TestSession::new(1).dry_run().program(program("tcp dst port 80"))]);

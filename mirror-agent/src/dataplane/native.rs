@@ -10,9 +10,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use mirror_common::FilterInsn;
+use mirror_common::{FilterInsn, selector_flags};
 
-use crate::filter::native::{self, BpfInsn, Maps};
+use crate::filter::native::{self, BpfInsn, Maps, Source};
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
@@ -129,17 +129,22 @@ pub fn clear(array: BorrowedFd<'_>, index: u32) -> Result<()> {
 }
 
 /// Generates and loads the native program of `program` (the filter of
-/// selector `index`) and puts it at `index` of the array. The caller sets
-/// the selector's `NATIVE` flag after this succeeds.
+/// selector `index`) and puts it at `index` of the array. Returns the
+/// flags the selector then takes: `NATIVE`, and `FIELDS` if the code reads
+/// the view (which the hook then fills and parses before the chain runs).
 pub fn install(
     view: BorrowedFd<'_>,
     array: BorrowedFd<'_>,
     index: u32,
     program: &[FilterInsn],
-) -> Result<()> {
+) -> Result<u32> {
     let maps = Maps { view: view.as_raw_fd(), native: array.as_raw_fd() };
     let insns = native::generate(program, maps);
     let fd = load(&insns, &format!("mirror_nf_{index}"))?;
     // The array holds its own reference: our descriptor closes here.
-    set(array, index, fd.as_fd())
+    set(array, index, fd.as_fd())?;
+    Ok(match Source::of(program) {
+        Source::View => selector_flags::NATIVE | selector_flags::FIELDS,
+        Source::Packet => selector_flags::NATIVE,
+    })
 }

@@ -17,7 +17,7 @@ use mirror_common::{
     Counter, DirectionCounters, EntryRef, FilterInsn, FilterSpec, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
     MAX_SOURCE_HOOKS, NO_ENTRY, RateState, SESSION_NAME_LEN, SOURCE_ENTRY_COUNT, Selector, SessionConfig,
     SessionSlot, SourceEntry, SourceKey, counter_index, direction, entry_flags, names, reason,
-    selector_flags, selector_index, session_flags, slot_flags, source_index,
+    selector_index, session_flags, slot_flags, source_index,
 };
 
 use crate::{
@@ -679,9 +679,7 @@ impl Store {
         select.apply_to(config);
         config.select_bank = u32::from(bank1);
         let mut selector = selection::selector_of(config, program, start);
-        if self.install_native(index, program.map(|p| p.insns.as_slice())) {
-            selector.flags |= selector_flags::NATIVE;
-        }
+        selector.flags |= self.install_native(index, program.map(|p| p.insns.as_slice()));
         self.selectors.set(index, selector, 0).context("writing SELECTORS")?;
         if select.text.is_empty() {
             self.remove_spec(index)?;
@@ -698,24 +696,22 @@ impl Store {
     }
 
     /// Puts the native code of `program` (none: no program) at `index` of
-    /// `NATIVE_FILTERS`, before the selector that says so is written: true
-    /// if it is there. A program the kernel does not take is left to the
-    /// interpreter, with a warning; the selection stands.
-    fn install_native(&self, index: u32, program: Option<&[FilterInsn]>) -> bool {
-        let Some((view, array)) = &self.native else { return false };
+    /// `NATIVE_FILTERS`, before the selector that says so is written, and
+    /// returns the flags that selector takes (0: no native code). A program
+    /// the kernel does not take is left to the interpreter, with a
+    /// warning; the selection stands.
+    fn install_native(&self, index: u32, program: Option<&[FilterInsn]>) -> u32 {
+        let Some((view, array)) = &self.native else { return 0 };
         let Some(insns) = program else {
             if let Err(e) = native::clear(array.fd().as_fd(), index) {
                 tracing::warn!(selector = index, "{e:#}");
             }
-            return false;
+            return 0;
         };
-        match native::install(view.fd().as_fd(), array.fd().as_fd(), index, insns) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(selector = index, "filter left to the interpreter: {e:#}");
-                false
-            }
-        }
+        native::install(view.fd().as_fd(), array.fd().as_fd(), index, insns).unwrap_or_else(|e| {
+            tracing::warn!(selector = index, "filter left to the interpreter: {e:#}");
+            0
+        })
     }
 
     /// Empties `NATIVE_FILTERS[index]` (the selector no longer names it).

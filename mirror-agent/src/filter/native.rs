@@ -3,13 +3,17 @@
 //! program per selector bank and reached by tail call from the hook (see
 //! [`mirror_common::view::NativeRun`]). The interpreter stays the reference
 //! and the fallback: the generated code has the machine's exact semantics
-//! on the bytes the view holds, and defers to the interpreter for a packet
-//! whose bytes it does not hold (a load past the view's first
-//! [`filter::HEADER_BYTES`] bytes that is still inside the frame).
+//! on the bytes at hand, and defers to the interpreter for a packet whose
+//! bytes it does not hold. A program without parsed fields reads the packet
+//! itself ([`Source::Packet`]; bytes past its linear part, or a frame whose
+//! tag is in metadata, defer); one with them reads the view the hook
+//! filled and parsed ([`Source::View`]; bytes past its first
+//! [`filter::HEADER_BYTES`] defer).
 //!
 //! Registers: `r6` the view, `r7` the machine's `A`, `r8` its `X`, `r9`
-//! the context; `M[]` lives on the stack. Every jump goes forward, as in
-//! the machine, so the verifier walks each program once.
+//! the context, `r4`/`r5` the packet's data and end; `M[]` lives on the
+//! stack. Every jump goes forward, as in the machine, so the verifier walks
+//! each program once.
 use std::collections::BTreeMap;
 
 use mirror_common::{
@@ -108,6 +112,17 @@ const A: u8 = 7;
 const X: u8 = 8;
 const CTX: u8 = 9;
 const FP: u8 = 10;
+/// [`Source::Packet`]: the packet's data and its end (no helper is called
+/// before the epilogue, which uses them no more).
+const DATA: u8 = 4;
+const DATA_END: u8 = 5;
+/// `struct __sk_buff` offsets.
+const SKB_LEN: i16 = 0;
+const SKB_VLAN_PRESENT: i16 = 20;
+const SKB_DATA: i16 = 76;
+const SKB_DATA_END: i16 = 80;
+/// Largest offset into the packet the verifier lets a pointer take.
+const MAX_PACKET_OFF: u32 = 0xffff;
 /// Where `M[0]` is on the stack (below the lookup key at `fp - 4`).
 const MEM_BASE: i16 = -8 - 4 * MEMWORDS as i16;
 
@@ -120,10 +135,10 @@ enum Label {
     /// The bytes are in the frame but not in the view: the interpreter
     /// decides.
     Defer,
-    /// Out of line: a load ending at this byte is past the view.
-    PastView(u32),
-    /// Out of line: an indirect load ending at `r1` is past the view.
-    PastViewR1,
+    /// Out of line: a load ending at this byte is past the bytes at hand.
+    Past(u32),
+    /// Out of line: an indirect load ending at `r1` is.
+    PastR1,
     Decided,
     Advance,
     Back,
@@ -140,7 +155,31 @@ struct Emitter {
     labels: BTreeMap<Label, usize>,
     /// (instruction, target) of every jump, patched at the end.
     fixups: Vec<(usize, Label)>,
-    past_view: Vec<u32>,
+    past: Vec<u32>,
+    source: Source,
+}
+
+/// Where a program's loads read the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The packet itself (direct packet access): no copy into the view.
+    /// A frame whose outer tag is in metadata (its bytes are not where the
+    /// program's offsets say) goes to the interpreter.
+    Packet,
+    /// The view the hook filled (and parsed): programs that read parsed
+    /// fields, which the parse leaves there.
+    View,
+}
+
+impl Source {
+    /// Where `program` reads: the view if it reads parsed fields.
+    pub fn of(program: &[FilterInsn]) -> Self {
+        if program.iter().any(|i| matches!(i.op, op::LD_FIELD | op::TEST_FIELD)) {
+            Self::View
+        } else {
+            Self::Packet
+        }
+    }
 }
 
 impl Emitter {
@@ -187,24 +226,42 @@ impl Emitter {
     }
 
     /// `dst = frame[k:size]` (big-endian), or off to `Reject` (past the
-    /// frame) or `Defer` (past the view).
+    /// frame) or `Defer` (past the bytes at hand).
     fn load_abs(&mut self, dst: u8, k: u32, size: u32) {
         if !matches!(size, 1 | 2 | 4) {
             return self.goto(Label::Reject);
         }
         let end = u64::from(k) + u64::from(size);
         let Ok(end) = u32::try_from(end) else { return self.goto(Label::Reject) };
-        if end > filter::HEADER_BYTES {
-            self.load_u32(0, VIEW, offsets::LEN);
-            self.jump(c::JMP32 | c::JLT | c::K, 0, 0, end as i32, Label::Reject);
-            return self.goto(Label::Defer);
+        if !self.past.contains(&end) {
+            self.past.push(end);
         }
-        self.load_u32(0, VIEW, offsets::HEADER_LEN);
-        if !self.past_view.contains(&end) {
-            self.past_view.push(end);
+        match self.source {
+            Source::View => {
+                if end > filter::HEADER_BYTES {
+                    return self.goto(Label::Past(end));
+                }
+                self.load_u32(0, VIEW, offsets::HEADER_LEN);
+                self.jump(c::JMP32 | c::JLT | c::K, 0, 0, end as i32, Label::Past(end));
+                self.load_sized(dst, VIEW, offsets::HEADER + k as i16, size);
+            }
+            Source::Packet => {
+                if end > MAX_PACKET_OFF {
+                    return self.goto(Label::Past(end));
+                }
+                self.mov64_reg(0, DATA);
+                self.raw(c::ALU64 | c::ADD | c::K, 0, 0, 0, end as i32);
+                self.jump(c::JMP | c::JGT | c::X, 0, DATA_END, 0, Label::Past(end));
+                match i16::try_from(k) {
+                    Ok(off) => self.load_sized(dst, DATA, off, size),
+                    Err(_) => {
+                        self.mov64_reg(0, DATA);
+                        self.raw(c::ALU64 | c::ADD | c::K, 0, 0, 0, k as i32);
+                        self.load_sized(dst, 0, 0, size);
+                    }
+                }
+            }
         }
-        self.jump(c::JMP32 | c::JLT | c::K, 0, 0, end as i32, Label::PastView(end));
-        self.load_sized(dst, VIEW, offsets::HEADER + k as i16, size);
     }
 
     /// `dst = frame[X + k:size]`, as [`Self::load_abs`].
@@ -212,19 +269,42 @@ impl Emitter {
         if !matches!(size, 1 | 2 | 4) {
             return self.goto(Label::Reject);
         }
-        // In 64 bits: `X + k` cannot wrap, and past 2^32 it is past the frame.
+        // In 64 bits: `X + k` cannot wrap, and past 2^32 it is past the
+        // frame. `r1` holds where the load ends, for `PastR1`.
         self.raw(c::ALU | c::MOV | c::X, 0, X, 0, 0);
         self.mov32_imm(1, k);
         self.raw(c::ALU64 | c::ADD | c::X, 0, 1, 0, 0);
         self.mov64_reg(1, 0);
         self.raw(c::ALU64 | c::ADD | c::K, 1, 0, 0, size as i32);
-        self.load_u32(2, VIEW, offsets::HEADER_LEN);
-        self.jump(c::JMP | c::JGT | c::X, 1, 2, 0, Label::PastViewR1);
-        // Never taken (the view holds at most HEADER_BYTES): bounds the
-        // offset for the verifier.
-        self.jump(c::JMP | c::JGT | c::K, 0, 0, (filter::HEADER_BYTES - size) as i32, Label::Defer);
-        self.raw(c::ALU64 | c::ADD | c::X, 0, VIEW, 0, 0);
-        self.load_sized(dst, 0, offsets::HEADER, size);
+        match self.source {
+            Source::View => {
+                self.load_u32(2, VIEW, offsets::HEADER_LEN);
+                self.jump(c::JMP | c::JGT | c::X, 1, 2, 0, Label::PastR1);
+                // Never taken (the view holds at most HEADER_BYTES): bounds
+                // the offset for the verifier.
+                self.jump(c::JMP | c::JGT | c::K, 0, 0, (filter::HEADER_BYTES - size) as i32, Label::PastR1);
+                self.raw(c::ALU64 | c::ADD | c::X, 0, VIEW, 0, 0);
+                self.load_sized(dst, 0, offsets::HEADER, size);
+            }
+            Source::Packet => {
+                // Bounds the offset for the verifier (packet offsets are 16-bit).
+                self.jump(c::JMP | c::JGT | c::K, 0, 0, (MAX_PACKET_OFF - size) as i32, Label::PastR1);
+                self.mov64_reg(2, DATA);
+                self.raw(c::ALU64 | c::ADD | c::X, 2, 0, 0, 0);
+                self.mov64_reg(3, 2);
+                self.raw(c::ALU64 | c::ADD | c::K, 3, 0, 0, size as i32);
+                self.jump(c::JMP | c::JGT | c::X, 3, DATA_END, 0, Label::PastR1);
+                self.load_sized(dst, 2, 0, size);
+            }
+        }
+    }
+
+    /// `dst` = the frame's length.
+    fn load_len(&mut self, dst: u8) {
+        match self.source {
+            Source::View => self.load_u32(dst, VIEW, offsets::LEN),
+            Source::Packet => self.load_u32(dst, CTX, SKB_LEN),
+        }
     }
 
     fn load_sized(&mut self, dst: u8, base: u8, off: i16, size: u32) {
@@ -329,8 +409,9 @@ fn mem_offset(k: u32) -> i16 {
 /// then tail-calls the next program of the chain or, at its end, returns
 /// the run's number to the hook.
 pub fn generate(program: &[FilterInsn], maps: Maps) -> Vec<BpfInsn> {
+    let source = Source::of(program);
     let mut e =
-        Emitter { insns: Vec::new(), labels: BTreeMap::new(), fixups: Vec::new(), past_view: Vec::new() };
+        Emitter { insns: Vec::new(), labels: BTreeMap::new(), fixups: Vec::new(), past: Vec::new(), source };
     // The view, from the per-CPU map.
     e.mov64_reg(CTX, 1);
     e.raw(c::ST | c::MEM | c::W, FP, 0, -4, 0);
@@ -342,6 +423,12 @@ pub fn generate(program: &[FilterInsn], maps: Maps) -> Vec<BpfInsn> {
     e.mov64_reg(VIEW, 0);
     e.mov32_imm(A, 0);
     e.mov32_imm(X, 0);
+    if source == Source::Packet {
+        e.load_u32(0, CTX, SKB_VLAN_PRESENT);
+        e.jump(c::JMP32 | c::JNE | c::K, 0, 0, 0, Label::Defer);
+        e.load_u32(DATA, CTX, SKB_DATA);
+        e.load_u32(DATA_END, CTX, SKB_DATA_END);
+    }
     let uses_mem = program.iter().any(|i| matches!(i.op, op::LD_MEM | op::LDX_MEM | op::ST | op::STX));
     if uses_mem {
         for word in (0..MEMWORDS as i16).step_by(2) {
@@ -389,13 +476,13 @@ pub fn generate(program: &[FilterInsn], maps: Maps) -> Vec<BpfInsn> {
             op::JA => e.goto(at(next + u64::from(k))),
             op::LD_ABS => e.load_abs(A, k, u32::from(insn.arg)),
             op::LD_IND => e.load_ind(A, k, u32::from(insn.arg)),
-            op::LD_LEN => e.load_u32(A, VIEW, offsets::LEN),
+            op::LD_LEN => e.load_len(A),
             op::LD_IMM => e.mov32_imm(A, k),
             op::LD_MEM => e.load_u32(A, FP, mem_offset(k)),
             op::LD_FIELD => e.load_field(A, k),
             op::LDX_IMM => e.mov32_imm(X, k),
             op::LDX_MEM => e.load_u32(X, FP, mem_offset(k)),
-            op::LDX_LEN => e.load_u32(X, VIEW, offsets::LEN),
+            op::LDX_LEN => e.load_len(X),
             op::LDX_MSH => {
                 e.load_abs(X, k, 1);
                 e.raw(c::ALU | c::AND | c::K, X, 0, 0, 0xf);
@@ -418,14 +505,14 @@ pub fn generate(program: &[FilterInsn], maps: Maps) -> Vec<BpfInsn> {
     // Running off the end rejects, as in the machine. Every block below
     // comes after what jumps to it: all jumps go forward.
     e.goto(Label::Reject);
-    for end in std::mem::take(&mut e.past_view) {
-        e.label(Label::PastView(end));
-        e.load_u32(0, VIEW, offsets::LEN);
+    for end in std::mem::take(&mut e.past) {
+        e.label(Label::Past(end));
+        e.load_len(0);
         e.jump(c::JMP32 | c::JLT | c::K, 0, 0, end as i32, Label::Reject);
         e.goto(Label::Defer);
     }
-    e.label(Label::PastViewR1);
-    e.load_u32(2, VIEW, offsets::LEN);
+    e.label(Label::PastR1);
+    e.load_len(2);
     e.jump(c::JMP | c::JGT | c::X, 1, 2, 0, Label::Reject);
     e.goto(Label::Defer);
     e.label(Label::Reject);
@@ -577,23 +664,46 @@ pub(crate) mod emulate {
         TailCall(u32),
     }
 
+    const PKT_BASE: u64 = 5 << 40;
+
     struct Cpu<'a> {
         view: &'a mut [u8],
         stack: [u8; STACK],
+        packet: &'a [u8],
+        /// Bytes of `packet` in its linear part (`data_end`).
+        linear: usize,
+        vlan_present: u32,
     }
 
     impl Cpu<'_> {
         fn mem(&mut self, addr: u64, size: usize) -> &mut [u8] {
-            let (region, base): (&mut [u8], u64) = if addr >= STACK_BASE && addr < STACK_BASE + STACK as u64 {
+            let (region, base): (&mut [u8], u64) = if (STACK_BASE..STACK_BASE + STACK as u64).contains(&addr)
+            {
                 (&mut self.stack, STACK_BASE)
             } else {
+                assert!((VIEW_BASE..VIEW_BASE + (1 << 20)).contains(&addr), "stray address {addr:#x}");
                 (&mut *self.view, VIEW_BASE)
             };
-            let at = addr.checked_sub(base).expect("address below its region") as usize;
+            let at = (addr - base) as usize;
             &mut region[at..at + size]
         }
 
         fn load(&mut self, addr: u64, size: usize) -> u64 {
+            if (CTX..CTX + 192).contains(&addr) {
+                assert_eq!(size, 4, "context fields are read as 32 bits");
+                return match addr - CTX {
+                    0 => self.packet.len() as u64,
+                    20 => u64::from(self.vlan_present),
+                    76 => PKT_BASE,
+                    80 => PKT_BASE + self.linear as u64,
+                    other => panic!("context field at {other}"),
+                };
+            }
+            if (PKT_BASE..PKT_BASE + (1 << 20)).contains(&addr) {
+                let at = (addr - PKT_BASE) as usize;
+                assert!(at + size <= self.linear, "a read past data_end at {at}+{size}");
+                return self.packet[at..at + size].iter().rev().fold(0, |v, b| v << 8 | u64::from(*b));
+            }
             self.mem(addr, size).iter().rev().fold(0, |v, b| v << 8 | u64::from(*b))
         }
 
@@ -604,9 +714,22 @@ pub(crate) mod emulate {
         }
     }
 
-    /// Runs `insns` with `view` as the per-CPU view.
-    pub(crate) fn run(insns: &[BpfInsn], view: &mut [u8]) -> Exit {
-        let mut cpu = Cpu { view, stack: [0; STACK] };
+    /// The packet as the program's context shows it.
+    pub(crate) struct Skb<'a> {
+        pub(crate) bytes: &'a [u8],
+        pub(crate) linear: usize,
+        pub(crate) vlan_present: u32,
+    }
+
+    /// Runs `insns` with `view` as the per-CPU view, on `skb`.
+    pub(crate) fn run(insns: &[BpfInsn], view: &mut [u8], skb: &Skb<'_>) -> Exit {
+        let mut cpu = Cpu {
+            view,
+            stack: [0; STACK],
+            packet: skb.bytes,
+            linear: skb.linear,
+            vlan_present: skb.vlan_present,
+        };
         let mut r = [0u64; 11];
         r[1] = CTX;
         r[10] = STACK_BASE + STACK as u64;
@@ -737,12 +860,15 @@ pub(crate) mod emulate {
         }
     }
 
-    /// What the native code of `program` decides on `frame` as the hook's
-    /// only chained program (slot 3): `Some(accept)`, or `None` if it left
-    /// the packet to the interpreter.
+    /// What the native code of `program` decides on `frame` (its first
+    /// `linear` bytes in the packet's linear part) as the hook's only
+    /// chained program (slot 3): `Some(accept)`, or `None` if it left the
+    /// packet to the interpreter, which it may only do for bytes it does
+    /// not have.
     pub(crate) fn decide(
         program: &[mirror_common::FilterInsn],
         frame: &super::super::Frame<'_>,
+        linear: usize,
     ) -> Option<bool> {
         let insns = super::generate(program, MAPS);
         let mut view = vec![0u8; size_of::<View>()];
@@ -769,7 +895,8 @@ pub(crate) mod emulate {
         const RUN: u64 = 0x1234_5678_9abc;
         let at = offsets::NATIVE_RUN as usize;
         view[at..at + 8].copy_from_slice(&RUN.to_le_bytes());
-        let exit = run(&insns, &mut view);
+        let skb = Skb { bytes: frame.bytes, linear: linear.min(frame.bytes.len()), vlan_present: 0 };
+        let exit = run(&insns, &mut view, &skb);
         assert_eq!(exit, Exit::Returned(RUN), "the chain's end returns the run to the hook");
         let get = |off: i16| u32::from_le_bytes(view[off as usize..off as usize + 4].try_into().unwrap());
         assert_eq!(get(offsets::NATIVE_STATE), native_state::IDLE);
@@ -778,7 +905,13 @@ pub(crate) mod emulate {
         assert_eq!(decided & !(1 << SLOT), 0, "only its own slot");
         assert_eq!(accepted & !decided, 0, "accepted only if decided");
         let _ = NATIVE_CHAIN;
-        (decided != 0).then_some(accepted != 0)
+        let verdict = (decided != 0).then_some(accepted != 0);
+        let whole = match super::Source::of(program) {
+            super::Source::View => frame.bytes.len() <= mirror_common::filter::HEADER_BYTES as usize,
+            super::Source::Packet => linear >= frame.bytes.len(),
+        };
+        assert!(verdict.is_some() || !whole, "deferred a frame whose bytes it holds whole");
+        verdict
     }
 }
 
@@ -864,13 +997,15 @@ mod tests {
         #![proptest_config(crate::filter::proptests::config())]
 
         #[test]
-        fn native_code_decides_as_the_machine(program in program(), frames in prop::collection::vec((frame(), 0u32..2), 8)) {
-            for (bytes, direction) in &frames {
+        fn native_code_decides_as_the_machine(
+            program in program(),
+            frames in prop::collection::vec((frame(), 0u32..2, prop_oneof![Just(usize::MAX), 0usize..200]), 8),
+        ) {
+            for (bytes, direction, linear) in &frames {
                 let frame = Frame::new(bytes, *direction);
                 let machine = vm::run(&program, &frame);
-                match emulate::decide(&program, &frame) {
-                    Some(native) => prop_assert_eq!(native, machine, "on {:02x?}: {:#?}", bytes, program),
-                    None => prop_assert!(bytes.len() > 128, "deferred on a frame of {} bytes", bytes.len()),
+                if let Some(native) = emulate::decide(&program, &frame, *linear) {
+                    prop_assert_eq!(native, machine, "on {:02x?} ({} linear): {:#?}", bytes, linear, program);
                 }
             }
         }
@@ -920,12 +1055,29 @@ mod tests {
             for bytes in &frames {
                 let frame = Frame::new(bytes, 0);
                 let machine = vm::run(program, &frame);
-                match emulate::decide(program, &frame) {
-                    Some(native) => assert_eq!(native, machine, "{program:?} on {} bytes", bytes.len()),
-                    None => assert!(bytes.len() > 128, "{program:?} deferred on {} bytes", bytes.len()),
+                for linear in [usize::MAX, 20] {
+                    if let Some(native) = emulate::decide(program, &frame, linear) {
+                        assert_eq!(native, machine, "{program:?} on {} bytes ({linear} linear)", bytes.len());
+                    }
                 }
             }
         }
+    }
+
+    /// A frame whose outer tag the stack moved to metadata is not where a
+    /// program reading the packet expects it: the interpreter decides.
+    #[test]
+    fn a_tag_in_metadata_defers_a_packet_program() {
+        use mirror_common::view::{View, offsets};
+        let program = [insn(op::LD_ABS, 2, 0, 0, 12), insn(op::RET_A, 0, 0, 0, 0)];
+        let code = super::generate(&program, emulate::MAPS);
+        let bytes = [0u8; 60];
+        let mut view = vec![0u8; size_of::<View>()];
+        view[offsets::NATIVE_COUNT as usize] = 1;
+        let skb = emulate::Skb { bytes: &bytes, linear: 60, vlan_present: 1 };
+        let _ = emulate::run(&code, &mut view, &skb);
+        assert_eq!(view[offsets::NATIVE_DECIDED as usize], 0, "decided a tagged frame natively");
+        assert_eq!(view[offsets::NATIVE_NEXT as usize], 1, "moved on along the chain");
     }
 
     /// Programs stay far below what the verifier and the jump offsets take.
