@@ -546,14 +546,18 @@ struct Run {
 fn run(view: *mut View, skb: *mut __sk_buff, start: u32, len: u32) -> bool {
     // SAFETY: as in `begin_run`; no nested run can start inside a filter
     // (it calls no helper that transmits).
-    // Registers only: the compiler stores a scratch word before it loads it
-    // (as libpcap does), so `M[]` needs no clearing.
+    // `M[]` cleared too, as the machine's other runs (the agent's, and the
+    // native code) start: a program that loads a word before storing it
+    // decides the same wherever it runs.
     unsafe {
         let m = &mut (*view).machine;
         m.a = 0;
         m.x = 0;
         m.pc = 0;
         m.verdict = vm::verdict::RUNNING;
+        for word in m.mem.iter_mut() {
+            core::ptr::write_volatile(word, 0);
+        }
     }
     let mut state = Run { reader: Reader { view, skb }, start, len };
     // One instruction per iteration: the verifier checks `step` once, however

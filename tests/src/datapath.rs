@@ -66,6 +66,11 @@ impl Fixture {
         self.load_with(native::enabled())
     }
 
+    /// [`Self::load`], filters also run natively whatever the environment.
+    pub fn load_native(&self) -> Datapath {
+        self.load_with(true)
+    }
+
     /// [`Self::load`], filters run by the interpreter alone.
     pub fn load_interpreted(&self) -> Datapath {
         self.load_with(false)

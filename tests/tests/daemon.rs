@@ -876,6 +876,8 @@ fn a_reload_swaps_a_filter_atomically_and_leaves_other_sessions_alone() {
     let canonical = |e: &str| mirror_agent::filter::parse_expr(e).expect("valid").to_string();
     let filter_of = |list: &Value| session(list, "a").expect("a")["select"]["filter"].clone();
     assert_eq!(filter_of(&agent.list()), canonical(requests));
+    let native = |list: &Value| session(list, "a").expect("a")["select"]["filter_native"].clone();
+    assert_eq!(native(&agent.list()), Value::Bool(true), "the daemon's filters run as native code");
     let seen = |dir: &str| ["matched", "filtered"].iter().map(|r| agent.packets("a", dir, r)).sum::<u64>();
 
     let cap = Capture::start(&topo.collectors[0], "eth0");
@@ -887,6 +889,7 @@ fn a_reload_swaps_a_filter_atomically_and_leaves_other_sessions_alone() {
         wait_until(WAIT, "a's new filter", || filter_of(&agent.list()) == canonical(replies));
         pinger.join().expect("pinger")
     });
+    assert_eq!(native(&agent.list()), Value::Bool(true), "the new filter's bank has its native code too");
     assert_eq!((r.transmitted, r.received), (u64::from(pings), u64::from(pings)), "production pings lost");
     let frames = cap.stop();
     let (req, rep) = icmp(&frames);

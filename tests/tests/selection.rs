@@ -287,8 +287,7 @@ fn native_filters_decide_and_the_interpreter_takes_what_they_cannot() {
     let word = |v: &[u8], at: usize| u32::from_le_bytes(v[at..at + 4].try_into().unwrap());
     let fx = Fixture::new("native");
     fx.ns.run(|| {
-        let mut dp = fx.load();
-        assert!(dp.native(), "the agent's default: native filters");
+        let mut dp = fx.load_native();
         // The interpreter, when it runs, sets the machine's pc.
         let poison = |dp: &mut mirror_tests::datapath::Datapath| {
             let mut v = dp.views()[0].clone();
@@ -340,6 +339,21 @@ fn native_filters_decide_and_the_interpreter_takes_what_they_cannot() {
         assert!(interpreted(&dp), "native code cannot read past the view: the interpreter decides");
         long[150] = 8;
         assert!(!dp.selects(1, &long));
+
+        // A chain of two: each program decides its own slot, none is
+        // interpreted.
+        dp.set_sessions(&[
+            TestSession::new(1).dry_run().program(program("udp")),
+            TestSession::new(2).dry_run().program(program("udp dst port 80")),
+        ]);
+        poison(&mut dp);
+        let second = |dp: &mirror_tests::datapath::Datapath| dp.packets(2, reason::DRY_RUN);
+        assert!(dp.selects(1, &ipv4(17, A, B, 1000, 80, 60)));
+        assert_eq!(second(&dp), 1, "the chain's second program accepted");
+        assert!(dp.selects(1, &ipv4(17, A, B, 1000, 81, 60)));
+        assert_eq!(second(&dp), 1, "the chain's second program rejected");
+        assert_eq!(dp.packets(2, reason::FILTERED), 1);
+        assert!(!interpreted(&dp), "the interpreter ran a filter of the chain");
 
         // The program gone from the array: the hook goes on without it.
         dp.set_sessions(&[TestSession::new(1).dry_run().program(program("tcp dst port 80"))]);

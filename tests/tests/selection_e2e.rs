@@ -670,6 +670,39 @@ fn a_dry_run_counts_what_it_would_copy_and_copies_nothing() {
     assert_eq!(select["filter"].as_str(), Some("icmp[0] = 8"), "{select}");
 }
 
+/// Filters run as native code by default; `MIRROR_AGENT_NATIVE_FILTERS=0`
+/// turns that off for the sessions already there (the escape hatch), and
+/// they go on filtering exactly the same, interpreted.
+#[test]
+fn native_filters_can_be_turned_off_and_filtering_goes_on() {
+    const DATAGRAMS: u64 = 5;
+    let topo = Topology::new(1);
+    let agent = topo.agent();
+    agent.ok(&["attach", "--name", "f", "--source", "vc", "--dest", "vk0", "--filter", "udp dst port 5353"]);
+    let native = |list: &Value| list["sessions"][0]["select"]["filter_native"].clone();
+    assert_eq!(native(&agent.list()), Value::Bool(true), "native by default");
+    let off =
+        mirror_tests::run_command(Command::new(agent_bin()).env("MIRROR_AGENT_NATIVE_FILTERS", "0").args([
+            "-n",
+            &topo.host.name,
+            "list",
+            "--json",
+        ]));
+    let listed: Value = serde_json::from_slice(&off.stdout).expect("list --json");
+    assert_eq!(native(&listed), Value::Bool(false), "turned off");
+    assert_eq!(native(&agent.list()), Value::Bool(false), "off until the filter is written again");
+    let sink = Sink::start(udp_socket(&topo.server, SERVER, 5353));
+    let other = Sink::start(udp_socket(&topo.server, SERVER, 6000));
+    let client = udp_socket(&topo.client, CLIENT, 0);
+    send_udp(&client, (SERVER, 5353), DATAGRAMS as usize);
+    send_udp(&client, (SERVER, 6000), DATAGRAMS as usize);
+    sink.wait_for(DATAGRAMS);
+    other.wait_for(DATAGRAMS);
+    let s = agent.stats();
+    assert_eq!(packets(&s, "f", "ingress", "mirrored"), DATAGRAMS, "interpreted, the same copies");
+    assert!(packets(&s, "f", "ingress", "filtered") >= DATAGRAMS, "and ARP");
+}
+
 // ---------------------------------------------------------------- copies of copies
 
 /// Tap of the tap (the Tap-as-a-Service seed's TODO): session `a` copies vc

@@ -381,6 +381,7 @@ fn select_json(s: &Session) -> Value {
         "default_action": line("default ").first(),
         "filter": line("filter ").first(),
         "filter_instructions": c.filter_insns,
+        "filter_native": s.filter_native,
         "sample": c.sample_every.max(1),
         "sample_flow": flag(select_flags::SAMPLE_FLOW),
         "rate_limit_pps": c.rate_limit_pps,

@@ -15,9 +15,9 @@ use aya::{
 };
 use mirror_common::{
     Counter, DirectionCounters, EntryRef, FilterInsn, FilterSpec, MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE,
-    MAX_SOURCE_HOOKS, NO_ENTRY, RateState, SESSION_NAME_LEN, SOURCE_ENTRY_COUNT, Selector, SessionConfig,
-    SessionSlot, SourceEntry, SourceKey, counter_index, direction, entry_flags, names, reason,
-    selector_index, session_flags, slot_flags, source_index,
+    MAX_SOURCE_HOOKS, NO_ENTRY, RateState, SELECTOR_BANKS, SESSION_NAME_LEN, SOURCE_ENTRY_COUNT, Selector,
+    SessionConfig, SessionSlot, SourceEntry, SourceKey, counter_index, direction, entry_flags, names, reason,
+    selector_flags, selector_index, session_flags, slot_flags, source_index,
 };
 
 use crate::{
@@ -57,6 +57,8 @@ pub struct Session {
     pub stale_slots: bool,
     /// The selection's canonical text ("" = none).
     pub select_text: String,
+    /// Its filter also runs as native code (read with the text).
+    pub filter_native: bool,
 }
 
 impl Session {
@@ -340,6 +342,10 @@ impl Store {
         let [selectors, insns, specs, rate] = <[MapData; 4]>::try_from(selection_maps).expect("four maps");
         check_value_size(&dir, names::SELECTORS, &selectors, size_of::<Selector>())?;
         check_value_size(&dir, names::FILTER_INSNS, &insns, size_of::<FilterInsn>())?;
+        let (native_array, turned_off) = match open_pinned(layout, names::NATIVE_FILTERS)? {
+            Some(array) if !native::enabled() => (None, Some(array)),
+            array => (array, None),
+        };
         let mut store = Self {
             index: IndexMapping::new(index)?,
             overflow: HashMap::try_from(Map::HashMap(overflow))?,
@@ -350,13 +356,14 @@ impl Store {
             insns: Array::try_from(Map::Array(insns))?,
             specs: HashMap::try_from(Map::HashMap(specs))?,
             rate: Array::try_from(Map::Array(rate))?,
-            native: if native::enabled() {
-                match (open_pinned(layout, names::VIEW)?, open_pinned(layout, names::NATIVE_FILTERS)?) {
-                    (Some(view), Some(array)) => Some((view, array)),
-                    _ => None,
+            native: match (open_pinned(layout, names::VIEW)?, native_array) {
+                (Some(view), array) => {
+                    // The programs read the view at this build's offsets
+                    // (an earlier build's VIEW had no chain of native filters).
+                    check_value_size(&dir, names::VIEW, &view, size_of::<mirror_common::view::View>())?;
+                    array.map(|array| (view, array))
                 }
-            } else {
-                None
+                (None, _) => None,
             },
             pool: None,
             retired_banks: BTreeSet::new(),
@@ -367,6 +374,9 @@ impl Store {
             entries_pool: EntryPool::all_busy(),
             freed_since_grace_period: true,
         };
+        if let Some(array) = turned_off {
+            store.turn_native_off(&array)?;
+        }
         store.load_hooks()?;
         Ok(Some(store))
     }
@@ -570,6 +580,15 @@ impl Store {
             let id = id as u32;
             if !config.is_free() {
                 let select_text = if with_text { self.select_text(id, &config)? } else { String::new() };
+                let filter_native = with_text
+                    && config.filter_insns != 0
+                    && self
+                        .selectors
+                        .get(&selector_index(id, config.select_bank != 0), 0)
+                        .context("reading SELECTORS")?
+                        .flags
+                        & selector_flags::NATIVE
+                        != 0;
                 by_id.insert(
                     id,
                     Session {
@@ -579,6 +598,7 @@ impl Store {
                         taps: Vec::new(),
                         stale_slots: false,
                         select_text,
+                        filter_native,
                     },
                 );
             }
@@ -712,6 +732,27 @@ impl Store {
             tracing::warn!(selector = index, "filter left to the interpreter: {e:#}");
             0
         })
+    }
+
+    /// Native filters turned off (`MIRROR_AGENT_NATIVE_FILTERS=0`): the
+    /// selectors that name native code stop naming it, and the array empties,
+    /// so that every filter is interpreted from now on. Safe at any moment:
+    /// a hook that still finds the flag finds no program, and interprets.
+    fn turn_native_off(&mut self, array: &MapData) -> Result<()> {
+        let mut cleared = 0;
+        for index in 0..SELECTOR_BANKS {
+            let mut selector = self.selectors.get(&index, 0).context("reading SELECTORS")?;
+            if selector.flags & selector_flags::NATIVE != 0 {
+                selector.flags &= !selector_flags::NATIVE;
+                self.selectors.set(index, selector, 0).context("writing SELECTORS")?;
+                native::clear(array.fd().as_fd(), index)?;
+                cleared += 1;
+            }
+        }
+        if cleared != 0 {
+            tracing::info!(selectors = cleared, "native filters off: every filter is interpreted");
+        }
+        Ok(())
     }
 
     /// Empties `NATIVE_FILTERS[index]` (the selector no longer names it).

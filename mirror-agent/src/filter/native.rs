@@ -745,6 +745,7 @@ pub(crate) mod emulate {
                 c::ALU | c::ALU64 => {
                     let wide = class == c::ALU64;
                     if op == c::END {
+                        assert_eq!(i.code & c::TO_BE, c::TO_BE, "only conversions to big-endian");
                         let v = r[dst];
                         r[dst] = match i.imm {
                             16 => u64::from((v as u16).swap_bytes()),
@@ -861,52 +862,87 @@ pub(crate) mod emulate {
     }
 
     /// What the native code of `program` decides on `frame` (its first
-    /// `linear` bytes in the packet's linear part) as the hook's only
-    /// chained program (slot 3): `Some(accept)`, or `None` if it left the
-    /// packet to the interpreter, which it may only do for bytes it does
-    /// not have.
+    /// `linear` bytes in the packet's linear part): `Some(accept)`, or
+    /// `None` if it left the packet to the interpreter, which it may only do
+    /// for bytes it does not have. The program runs twice, as a hook's chain
+    /// of two (slots 3 and 5): the first tail-calls the second, which
+    /// returns; both must decide the same. A program that reads the packet
+    /// finds the view's copy poisoned (the hook does not fill it for them).
     pub(crate) fn decide(
         program: &[mirror_common::FilterInsn],
         frame: &super::super::Frame<'_>,
         linear: usize,
     ) -> Option<bool> {
         let insns = super::generate(program, MAPS);
+        let source = super::Source::of(program);
         let mut view = vec![0u8; size_of::<View>()];
         let put = |view: &mut [u8], off: i16, v: u32| {
             view[off as usize..off as usize + 4].copy_from_slice(&v.to_le_bytes());
         };
         let bytes = frame.bytes;
         let head = bytes.len().min(mirror_common::filter::HEADER_BYTES as usize);
-        put(&mut view, offsets::LEN, bytes.len() as u32);
-        put(&mut view, offsets::HEADER_LEN, head as u32);
-        view[offsets::HEADER as usize..offsets::HEADER as usize + head].copy_from_slice(&bytes[..head]);
-        for (i, f) in frame.fields().iter().enumerate() {
-            put(&mut view, offsets::FIELDS + 4 * i as i16, *f);
+        match source {
+            super::Source::View => {
+                put(&mut view, offsets::LEN, bytes.len() as u32);
+                put(&mut view, offsets::HEADER_LEN, head as u32);
+                view[offsets::HEADER as usize..offsets::HEADER as usize + head]
+                    .copy_from_slice(&bytes[..head]);
+                for (i, f) in frame.fields().iter().enumerate() {
+                    put(&mut view, offsets::FIELDS + 4 * i as i16, *f);
+                }
+                // Poison past the frame: the code must never read it.
+                for b in &mut view[offsets::HEADER as usize + head..offsets::HEADER as usize + head + 4] {
+                    *b = 0xa5;
+                }
+            }
+            super::Source::Packet => {
+                // Another packet's view: nothing here may decide.
+                put(&mut view, offsets::LEN, 0xa5a5);
+                put(&mut view, offsets::HEADER_LEN, 128);
+                for b in &mut view[offsets::HEADER as usize..offsets::HEADER as usize + 132] {
+                    *b = 0xa5;
+                }
+            }
         }
-        // Poison past the frame: the code must never read it.
-        for b in &mut view[offsets::HEADER as usize + head..offsets::HEADER as usize + head + 4] {
-            *b = 0xa5;
+        const SELECTORS: [u32; 2] = [77, 78];
+        const SLOTS: [u32; 2] = [3, 5];
+        put(&mut view, offsets::NATIVE_COUNT, 2);
+        for i in 0..2 {
+            put(
+                &mut view,
+                offsets::NATIVE_CHAIN + 4 * i as i16,
+                SELECTORS[i] | SLOTS[i] << native_index::SLOT_SHIFT | 0xa5 << 24,
+            );
         }
-        const SELECTOR: u32 = 77;
-        const SLOT: u32 = 3;
-        put(&mut view, offsets::NATIVE_COUNT, 1);
-        put(&mut view, offsets::NATIVE_CHAIN, SELECTOR | SLOT << native_index::SLOT_SHIFT);
         put(&mut view, offsets::NATIVE_STATE, native_state::PENDING);
         const RUN: u64 = 0x1234_5678_9abc;
         let at = offsets::NATIVE_RUN as usize;
         view[at..at + 8].copy_from_slice(&RUN.to_le_bytes());
         let skb = Skb { bytes: frame.bytes, linear: linear.min(frame.bytes.len()), vlan_present: 0 };
-        let exit = run(&insns, &mut view, &skb);
-        assert_eq!(exit, Exit::Returned(RUN), "the chain's end returns the run to the hook");
+        // The first program tail-calls the next in the chain (the array
+        // holds the same code at both indexes), which returns the run.
+        assert_eq!(
+            run(&insns, &mut view, &skb),
+            Exit::TailCall(SELECTORS[1]),
+            "on to the chain's next program"
+        );
+        assert_eq!(
+            run(&insns, &mut view, &skb),
+            Exit::Returned(RUN),
+            "the chain's end returns the run to the hook"
+        );
         let get = |off: i16| u32::from_le_bytes(view[off as usize..off as usize + 4].try_into().unwrap());
         assert_eq!(get(offsets::NATIVE_STATE), native_state::IDLE);
-        assert_eq!(get(offsets::NATIVE_NEXT), 1);
+        assert_eq!(get(offsets::NATIVE_NEXT), 2);
         let (decided, accepted) = (get(offsets::NATIVE_DECIDED), get(offsets::NATIVE_ACCEPTED));
-        assert_eq!(decided & !(1 << SLOT), 0, "only its own slot");
+        let both = 1 << SLOTS[0] | 1 << SLOTS[1];
+        assert_eq!(decided & !both, 0, "only the chain's slots");
+        assert!(decided == 0 || decided == both, "the two runs disagree: {decided:#x}");
         assert_eq!(accepted & !decided, 0, "accepted only if decided");
+        assert!(accepted == 0 || accepted == both, "the two runs disagree: {accepted:#x}");
         let _ = NATIVE_CHAIN;
         let verdict = (decided != 0).then_some(accepted != 0);
-        let whole = match super::Source::of(program) {
+        let whole = match source {
             super::Source::View => frame.bytes.len() <= mirror_common::filter::HEADER_BYTES as usize,
             super::Source::Packet => linear >= frame.bytes.len(),
         };
@@ -1026,8 +1062,20 @@ mod tests {
                 ret_a,
             ],
             vec![insn(op::LD_IMM, 0, 0, 0, 7), insn(op::ALU_K, alu::RSH, 0, 0, 40), ret_a],
-            // A load past the frame rejects; one past the view defers.
+            // A load past the frame rejects; one past the bytes at hand
+            // (the linear part; for a program with fields, the view) defers.
             vec![insn(op::LD_ABS, 4, 0, 0, 150), ret_a],
+            vec![insn(op::LD_FIELD, 0, 0, 0, 1), insn(op::LD_ABS, 1, 0, 0, 150), ret_a],
+            vec![
+                insn(op::LD_FIELD, 0, 0, 0, 1),
+                insn(op::LDX_IMM, 0, 0, 0, 100),
+                insn(op::LD_IND, 4, 0, 0, 26),
+                ret_a,
+            ],
+            // Offsets past what a packet pointer may take, or an `off` field.
+            vec![insn(op::LD_ABS, 1, 0, 0, 0x8000), ret_a],
+            vec![insn(op::LD_ABS, 1, 0, 0, 0x1_0000), ret_a],
+            vec![insn(op::LDX_IMM, 0, 0, 0, 0xfff0), insn(op::LD_IND, 2, 0, 0, 0x20), ret_a],
             vec![insn(op::LDX_IMM, 0, 0, 0, u32::MAX), insn(op::LD_IND, 1, 0, 0, 2), ret_a],
             vec![
                 insn(op::LD_IMM, 0, 0, 0, 9),

@@ -366,3 +366,74 @@ impl Drop for Lab {
         delete_namespaces();
     }
 }
+
+/// The agent's program at tcx/ingress of `iface` (call in its namespace).
+pub fn source_program(iface: &str) -> Result<aya::programs::ProgramFd> {
+    let (_, programs) = SchedClassifier::query_tcx(iface, TcAttachType::Ingress)
+        .with_context(|| format!("querying tcx/ingress of {iface}"))?;
+    // Program names are cut to 15 bytes.
+    let ours = programs
+        .iter()
+        .find(|p| p.name_as_str().is_some_and(|n| "mirror_src_ingress".starts_with(n)))
+        .with_context(|| format!("no agent program at tcx/ingress of {iface}"))?;
+    Ok(ours.fd()?)
+}
+
+/// `iface`'s index (call in its namespace).
+pub fn ifindex(iface: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(iface)?;
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!("no interface {iface}");
+    }
+    Ok(index)
+}
+
+/// Nanoseconds per run of `program` on `frame` arriving at `ifindex`, over
+/// `repeat` runs, as the kernel times BPF_PROG_TEST_RUN.
+pub fn test_run(program: &aya::programs::ProgramFd, frame: &[u8], ifindex: u32, repeat: u32) -> Result<f64> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    /// `bpf_attr` for BPF_PROG_TEST_RUN.
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRunAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    // `struct __sk_buff`, and where its `ifindex` is.
+    let mut ctx = [0u8; 192];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut attr = TestRunAttr {
+        prog_fd: program.as_fd().as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        ctx_size_in: ctx.len() as u32,
+        ctx_in: ctx.as_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` prefix; its pointers outlive the call.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &raw mut attr, size_of::<TestRunAttr>()) };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
+    }
+    // The kernel's mean per run, in whole nanoseconds.
+    Ok(f64::from(attr.duration))
+}

@@ -192,6 +192,11 @@ impl Variant {
     /// Whether `copies` per packet (a UDP mode) is what this variant claims:
     /// one copy per packet (±1%), none, or one in N (±20%: over the ≥ 100k
     /// packets of a trial, 5 standard deviations are under 10%).
+    /// Whether the agent makes the copies.
+    pub fn is_agent(&self) -> bool {
+        matches!(self.kind, Kind::Agent { .. })
+    }
+
     pub fn copies_ok(&self, copies: f64) -> bool {
         match self.copies {
             Copies::None => copies == 0.0,
