@@ -202,10 +202,11 @@ fn native_start(skb: *mut __sk_buff, number: u32, direction: u32, run: u64, clas
     }
     // SAFETY: an array element, alive for the program's run.
     let slot_count = unsafe { (*entry).slot_count };
-    // SAFETY: as in `begin_run`. What the loop learns is kept in the map,
-    // not in registers: otherwise each slot would double the verifier's
-    // paths through the rest.
+    // What the loop learns is kept in the map, not in registers: otherwise
+    // each slot would double the verifier's paths through the rest.
+    // SAFETY: as in `begin_run`.
     let n = unsafe { &raw mut (*view).native };
+    // SAFETY: as in `begin_run`.
     unsafe {
         core::ptr::write_volatile(&raw mut (*n).count, 0);
         core::ptr::write_volatile(&raw mut (*n).fields, 0);
