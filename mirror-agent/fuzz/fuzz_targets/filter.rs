@@ -8,13 +8,14 @@
 //! most `MAX_INSNS` instructions, every jump inside the program, no way to
 //! fall off its end. The program then runs on the frame, and where the
 //! unoptimized program would run to its end, it must agree with the
-//! reference evaluator, and the datapath's prefilter must not reject what
-//! it accepts.
+//! reference evaluator, the datapath's prefilter must not reject what it
+//! accepts, and the program's native code (run by an eBPF emulator) must
+//! decide as the machine.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use mirror_agent::filter::{
-    self, Frame, Program, Selection,
+    self, Frame, Program, Selection, native,
     ast::{Action, RuleSet},
     reference::{self, Outcome},
     rules::parse_rule,
@@ -69,6 +70,14 @@ fn run(selection: &Selection, program: &Program, frame: &[u8], text: &str) {
     };
     if let Outcome::Ran(want) = want {
         assert_eq!(ours, want, "compiled vs reference for {text:?} on {frame:02x?}");
+    }
+    // The program's native code decides as the machine (or leaves the frame
+    // to it where it lacks bytes; `decide` checks when it may), whole and
+    // with the frame's linear part cut short.
+    for linear in [frame.len(), frame.len() / 2] {
+        if let Some(native) = native::emulate::decide(&program.insns, &Frame::new(frame, 0), linear) {
+            assert_eq!(native, ours, "native code vs machine for {text:?} on {frame:02x?} ({linear} linear)");
+        }
     }
 }
 

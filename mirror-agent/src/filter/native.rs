@@ -644,8 +644,8 @@ fn chain_entry(e: &mut Emitter, dst: u8, index: u8) {
 /// tests hold the generated code to the machine on random programs and
 /// packets without a kernel. It knows the instructions [`generate`] emits
 /// and the two helpers it calls, no more.
-#[cfg(test)]
-pub(crate) mod emulate {
+#[cfg(any(test, feature = "emulate"))]
+pub mod emulate {
     use mirror_common::view::{NATIVE_CHAIN, View, native_index, native_state, offsets};
 
     use super::{BpfInsn, Maps, c};
@@ -654,11 +654,11 @@ pub(crate) mod emulate {
     const STACK_BASE: u64 = 2 << 40;
     const STACK: usize = 512;
     const CTX: u64 = 3 << 40;
-    pub(crate) const MAPS: Maps = Maps { view: 100, native: 101 };
+    pub const MAPS: Maps = Maps { view: 100, native: 101 };
 
     /// How a run ended.
     #[derive(Debug, PartialEq, Eq)]
-    pub(crate) enum Exit {
+    pub enum Exit {
         Returned(u64),
         /// A tail call into `NATIVE_FILTERS[index]` (taken to succeed).
         TailCall(u32),
@@ -715,14 +715,15 @@ pub(crate) mod emulate {
     }
 
     /// The packet as the program's context shows it.
-    pub(crate) struct Skb<'a> {
-        pub(crate) bytes: &'a [u8],
-        pub(crate) linear: usize,
-        pub(crate) vlan_present: u32,
+    #[derive(Debug)]
+    pub struct Skb<'a> {
+        pub bytes: &'a [u8],
+        pub linear: usize,
+        pub vlan_present: u32,
     }
 
     /// Runs `insns` with `view` as the per-CPU view, on `skb`.
-    pub(crate) fn run(insns: &[BpfInsn], view: &mut [u8], skb: &Skb<'_>) -> Exit {
+    pub fn run(insns: &[BpfInsn], view: &mut [u8], skb: &Skb<'_>) -> Exit {
         let mut cpu = Cpu {
             view,
             stack: [0; STACK],
@@ -868,7 +869,7 @@ pub(crate) mod emulate {
     /// of two (slots 3 and 5): the first tail-calls the second, which
     /// returns; both must decide the same. A program that reads the packet
     /// finds the view's copy poisoned (the hook does not fill it for them).
-    pub(crate) fn decide(
+    pub fn decide(
         program: &[mirror_common::FilterInsn],
         frame: &super::super::Frame<'_>,
         linear: usize,
