@@ -4,12 +4,12 @@
 use std::{
     fs,
     path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ExitStatus, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
-use crate::{agent_bin, topology::Netns, wait_until};
+use crate::{topology::Netns, wait_until};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -53,7 +53,7 @@ impl Daemon {
         assert!(self.child.is_none(), "already running");
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let before = self.log_text().matches(" ready").count();
-        let child = Command::new(agent_bin())
+        let child = crate::agent_command()
             .args(["-n", &self.netns, "--log-format", "text", "run", "--config"])
             .arg(&self.config)
             .args(&self.extra)

@@ -20,6 +20,11 @@ use mirror_common::{
 
 use crate::{run_command, topology::Netns};
 
+/// Where the filter machine's `pc` is in the view, and the mark put there.
+const MACHINE_PC: usize = core::mem::offset_of!(mirror_common::view::View, machine)
+    + core::mem::offset_of!(mirror_common::vm::Machine, pc);
+const POISON: u32 = 0xdead;
+
 /// TC_ACT_UNSPEC as the kernel reports it: the only verdict originals get.
 pub const NEXT: u32 = u32::MAX;
 /// Offsets in `struct __sk_buff` that test runs may set.
@@ -264,16 +269,20 @@ impl Datapath {
         map.set(0, values, 0).unwrap();
     }
 
-    /// Nanoseconds per run of the source program on `frame`, over `repeat`
-    /// runs (the kernel's own timing of BPF_PROG_TEST_RUN).
-    pub fn ns_per_run(&self, frame: &[u8], repeat: u32) -> f64 {
-        let p: &SchedClassifier = self.ebpf.program("mirror_src_ingress").unwrap().try_into().unwrap();
-        let mut ctx_in = [0u8; SKB_SIZE];
-        ctx_in[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&self.src.to_ne_bytes());
-        let opts =
-            TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx_in), repeat, ..TestRunOptions::new() };
-        let r = p.test_run(opts).expect("BPF_PROG_TEST_RUN");
-        r.duration.as_nanos() as f64
+    /// Marks every CPU's filter machine, so that [`Self::interpreted`]
+    /// tells whether the interpreter ran since.
+    pub fn poison_interpreter(&mut self) {
+        let mut v = self.views()[0].clone();
+        v[MACHINE_PC..MACHINE_PC + 4].copy_from_slice(&POISON.to_le_bytes());
+        self.set_views(&v);
+    }
+
+    /// Whether the interpreter ran on some CPU since
+    /// [`Self::poison_interpreter`] (it sets the machine's `pc`).
+    pub fn interpreted(&self) -> bool {
+        self.views()
+            .iter()
+            .any(|v| u32::from_le_bytes(v[MACHINE_PC..MACHINE_PC + 4].try_into().unwrap()) != POISON)
     }
 
     /// A session's ingress counter for `reason`, summed over CPUs.

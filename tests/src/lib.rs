@@ -49,6 +49,15 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
 }
 
 /// The agent binary under test (`cargo xtask test` sets `MIRROR_AGENT_BIN`).
+/// The agent binary as a command, without the environment switch that
+/// turns native filters off (the suite holds the default to its claims;
+/// tests that want the switch set it).
+pub fn agent_command() -> Command {
+    let mut cmd = Command::new(agent_bin());
+    cmd.env_remove("MIRROR_AGENT_NATIVE_FILTERS");
+    cmd
+}
+
 pub fn agent_bin() -> PathBuf {
     std::env::var_os("MIRROR_AGENT_BIN").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/mirror-agent"),

@@ -15,7 +15,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use crate::{agent_bin, ip, run_command};
+use crate::{agent_bin, agent_command, ip, run_command};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -198,16 +198,12 @@ pub struct Agent<'a> {
 impl Agent<'_> {
     /// Runs `mirror-agent -n <ns> ARGS…` and returns its output, whatever the status.
     pub fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new(agent_bin())
-            .args(["-n", &self.netns.name])
-            .args(args)
-            .output()
-            .expect("spawning mirror-agent")
+        agent_command().args(["-n", &self.netns.name]).args(args).output().expect("spawning mirror-agent")
     }
 
     /// Runs the agent and returns stdout; panics unless it succeeded.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = run_command(Command::new(agent_bin()).args(["-n", &self.netns.name]).args(args));
+        let out = run_command(agent_command().args(["-n", &self.netns.name]).args(args));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

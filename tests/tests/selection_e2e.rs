@@ -7,7 +7,6 @@
 use std::{
     net::{Ipv4Addr, UdpSocket},
     os::fd::AsRawFd as _,
-    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -18,7 +17,7 @@ use std::{
 
 use mirror_common::copy_mark;
 use mirror_tests::{
-    agent_bin,
+    agent_command,
     capture::{Capture, Frame},
     inject::{self, Injector, TagCapture, TaggedFrame},
     topology::{Netns, SERVER_IP, Topology, session_counter},
@@ -671,26 +670,29 @@ fn a_dry_run_counts_what_it_would_copy_and_copies_nothing() {
 }
 
 /// Filters run as native code by default; `MIRROR_AGENT_NATIVE_FILTERS=0`
-/// turns that off for the sessions already there (the escape hatch), and
-/// they go on filtering exactly the same, interpreted.
+/// on a command that changes sessions turns that off for the sessions
+/// already there too (the escape hatch; a read-only command changes
+/// nothing), and they go on filtering exactly the same, interpreted.
 #[test]
 fn native_filters_can_be_turned_off_and_filtering_goes_on() {
     const DATAGRAMS: u64 = 5;
-    let topo = Topology::new(1);
+    let topo = Topology::new(2);
     let agent = topo.agent();
     agent.ok(&["attach", "--name", "f", "--source", "vc", "--dest", "vk0", "--filter", "udp dst port 5353"]);
-    let native = |list: &Value| list["sessions"][0]["select"]["filter_native"].clone();
-    assert_eq!(native(&agent.list()), Value::Bool(true), "native by default");
-    let off =
-        mirror_tests::run_command(Command::new(agent_bin()).env("MIRROR_AGENT_NATIVE_FILTERS", "0").args([
-            "-n",
-            &topo.host.name,
-            "list",
-            "--json",
-        ]));
-    let listed: Value = serde_json::from_slice(&off.stdout).expect("list --json");
-    assert_eq!(native(&listed), Value::Bool(false), "turned off");
-    assert_eq!(native(&agent.list()), Value::Bool(false), "off until the filter is written again");
+    let native = |list: &Value, i: usize| list["sessions"][i]["select"]["filter_native"].clone();
+    assert_eq!(native(&agent.list(), 0), Value::Bool(true), "native by default");
+    let switched_off = |args: &[&str]| {
+        mirror_tests::run_command(
+            agent_command().env("MIRROR_AGENT_NATIVE_FILTERS", "0").args(["-n", &topo.host.name]).args(args),
+        )
+    };
+    let listed: Value =
+        serde_json::from_slice(&switched_off(&["list", "--json"]).stdout).expect("list --json");
+    assert_eq!(native(&listed, 0), Value::Bool(true), "a read-only command changes nothing");
+    switched_off(&["attach", "--name", "g", "--source", "vs", "--dest", "vk1", "--filter", "icmp"]);
+    let list = agent.list();
+    assert_eq!(native(&list, 0), Value::Bool(false), "turned off by the next change");
+    assert_eq!(native(&list, 1), Value::Bool(false), "and not written for the new filter");
     let sink = Sink::start(udp_socket(&topo.server, SERVER, 5353));
     let other = Sink::start(udp_socket(&topo.server, SERVER, 6000));
     let client = udp_socket(&topo.client, CLIENT, 0);
@@ -852,7 +854,7 @@ fn a_cycle_of_three_sessions_including_copies_is_bounded_by_the_hop_limit() {
 /// `mirror-agent -n <host> attach --name x --source vc --dest vk0 ARGS…` with
 /// no log level set: (exit code, stderr).
 fn attach_fails(topo: &Topology, args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(agent_bin())
+    let out = agent_command()
         .args(["-n", &topo.host.name, "attach", "--name", "x", "--source", "vc", "--dest", "vk0"])
         .args(args)
         .env_remove("MIRROR_AGENT_LOG")

@@ -365,6 +365,8 @@ pub fn apply(
     if !changes.iter().any(Change::is_effective) {
         return Ok(created);
     }
+    store.check_layout()?;
+    store.turn_native_off_if_disabled(layout)?;
     // 1. Sources that go away.
     let mut removed_any = false;
     for change in changes {

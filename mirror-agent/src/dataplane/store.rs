@@ -266,6 +266,8 @@ pub struct Store {
     /// `VIEW` and `NATIVE_FILTERS`, when native filters are on and the
     /// pinned maps have them.
     native: Option<(MapData, MapData)>,
+    /// The pinned VIEW is not this build's: why, if so.
+    view_layout: Option<anyhow::Error>,
     /// `FILTER_INSNS` ranges in use; read from the selectors when first needed.
     pool: Option<InsnPool>,
     /// Selector banks unpublished since the last grace period (programs may
@@ -342,10 +344,28 @@ impl Store {
         let [selectors, insns, specs, rate] = <[MapData; 4]>::try_from(selection_maps).expect("four maps");
         check_value_size(&dir, names::SELECTORS, &selectors, size_of::<Selector>())?;
         check_value_size(&dir, names::FILTER_INSNS, &insns, size_of::<FilterInsn>())?;
-        let (native_array, turned_off) = match open_pinned(layout, names::NATIVE_FILTERS)? {
-            Some(array) if !native::enabled() => (None, Some(array)),
-            array => (array, None),
+        // This build's programs read the view at its offsets (an earlier
+        // build's VIEW had no chain of native filters): with another one,
+        // what exists can be listed and detached, but nothing attached.
+        let mut view = open_pinned(layout, names::VIEW)?;
+        let want = size_of::<mirror_common::view::View>();
+        let view_layout = match &view {
+            Some(v) => {
+                let have = v.info().context("reading VIEW's definition")?.value_size() as usize;
+                (have != want).then(|| {
+                    anyhow::anyhow!(
+                        "{dir}: its VIEW map has {have}-byte values, this build's programs read {want}: it was \
+                         made by an earlier build, whose sessions this build can list and detach but not \
+                         change; `detach --all` (or `gc`), then attach again"
+                    )
+                })
+            }
+            None => None,
         };
+        if view_layout.is_some() {
+            view = None;
+        }
+        let native_array = open_pinned(layout, names::NATIVE_FILTERS)?.filter(|_| native::enabled());
         let mut store = Self {
             index: IndexMapping::new(index)?,
             overflow: HashMap::try_from(Map::HashMap(overflow))?,
@@ -356,15 +376,8 @@ impl Store {
             insns: Array::try_from(Map::Array(insns))?,
             specs: HashMap::try_from(Map::HashMap(specs))?,
             rate: Array::try_from(Map::Array(rate))?,
-            native: match (open_pinned(layout, names::VIEW)?, native_array) {
-                (Some(view), array) => {
-                    // The programs read the view at this build's offsets
-                    // (an earlier build's VIEW had no chain of native filters).
-                    check_value_size(&dir, names::VIEW, &view, size_of::<mirror_common::view::View>())?;
-                    array.map(|array| (view, array))
-                }
-                (None, _) => None,
-            },
+            native: view.and_then(|view| native_array.map(|array| (view, array))),
+            view_layout,
             pool: None,
             retired_banks: BTreeSet::new(),
             banks_quiet: false,
@@ -374,9 +387,6 @@ impl Store {
             entries_pool: EntryPool::all_busy(),
             freed_since_grace_period: true,
         };
-        if let Some(array) = turned_off {
-            store.turn_native_off(&array)?;
-        }
         store.load_hooks()?;
         Ok(Some(store))
     }
@@ -730,14 +740,34 @@ impl Store {
         };
         native::install(view.fd().as_fd(), array.fd().as_fd(), index, insns).unwrap_or_else(|e| {
             tracing::warn!(selector = index, "filter left to the interpreter: {e:#}");
+            // Nor keep an earlier filter's code here.
+            let _ = native::clear(array.fd().as_fd(), index);
             0
         })
     }
 
-    /// Native filters turned off (`MIRROR_AGENT_NATIVE_FILTERS=0`): the
-    /// selectors that name native code stop naming it, and the array empties,
-    /// so that every filter is interpreted from now on. Safe at any moment:
-    /// a hook that still finds the flag finds no program, and interprets.
+    /// Whether this build can change what the maps hold; the reconcile
+    /// asks before any change.
+    pub fn check_layout(&self) -> Result<()> {
+        match &self.view_layout {
+            Some(e) => Err(anyhow::anyhow!("{e:#}")),
+            None => Ok(()),
+        }
+    }
+
+    /// With native filters turned off (`MIRROR_AGENT_NATIVE_FILTERS=0`),
+    /// before a change: the selectors that name native code stop naming it
+    /// and the array empties, so that every filter is interpreted from now
+    /// on (until written again without the switch). Safe at any moment: a
+    /// hook that still finds the flag finds no program, and interprets.
+    pub fn turn_native_off_if_disabled(&mut self, layout: &Layout) -> Result<()> {
+        if native::enabled() {
+            return Ok(());
+        }
+        let Some(array) = open_pinned(layout, names::NATIVE_FILTERS)? else { return Ok(()) };
+        self.turn_native_off(&array)
+    }
+
     fn turn_native_off(&mut self, array: &MapData) -> Result<()> {
         let mut cleared = 0;
         for index in 0..SELECTOR_BANKS {

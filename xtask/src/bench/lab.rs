@@ -374,7 +374,7 @@ pub fn source_program(iface: &str) -> Result<aya::programs::ProgramFd> {
     // Program names are cut to 15 bytes.
     let ours = programs
         .iter()
-        .find(|p| p.name_as_str().is_some_and(|n| "mirror_src_ingress".starts_with(n)))
+        .find(|p| p.name_as_str() == Some("mirror_src_ingr"))
         .with_context(|| format!("no agent program at tcx/ingress of {iface}"))?;
     Ok(ours.fd()?)
 }

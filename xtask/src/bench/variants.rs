@@ -4,7 +4,7 @@
 //! needed, one more [`Kind`].
 use std::{path::Path, process::Command};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use super::lab::{HOST, Lab, ns_exec, sh};
 
@@ -149,11 +149,30 @@ pub fn attach_agent(
     .map(drop)
 }
 
+/// Packets the bench session's ingress counters say it saw, whatever it
+/// did with them (`stats --json`).
+pub fn packets_seen(agent: &Path) -> Result<u64> {
+    let out = sh(Command::new(agent).args(["-n", HOST, "stats", "--json"]))?;
+    let stats: serde_json::Value = serde_json::from_str(&out).context("stats --json")?;
+    let session = stats["sessions"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == "bench"))
+        .context("no bench session in stats")?;
+    let reasons = ["matched", "filtered", "sampled_out", "rate_limited", "dry_run", "preempted", "hop_limit"];
+    Ok(reasons.iter().filter_map(|r| session["counters"]["ingress"][r]["packets"].as_u64()).sum())
+}
+
 pub fn detach_agent(agent: &Path) -> Result<()> {
     sh(Command::new(agent).args(["-n", HOST, "detach", "--all"])).map(drop)
 }
 
 impl Variant {
+    /// Whether the agent makes the copies, with a program at the source's
+    /// ingress.
+    pub fn taps_ingress(&self) -> bool {
+        matches!(self.kind, Kind::Agent { direction, .. } if direction != "egress")
+    }
+
     pub fn attach(&self, agent: &Path, lab: &mut Lab) -> Result<()> {
         match self.kind {
             Kind::Base => Ok(()),
@@ -192,11 +211,6 @@ impl Variant {
     /// Whether `copies` per packet (a UDP mode) is what this variant claims:
     /// one copy per packet (±1%), none, or one in N (±20%: over the ≥ 100k
     /// packets of a trial, 5 standard deviations are under 10%).
-    /// Whether the agent makes the copies.
-    pub fn is_agent(&self) -> bool {
-        matches!(self.kind, Kind::Agent { .. })
-    }
-
     pub fn copies_ok(&self, copies: f64) -> bool {
         match self.copies {
             Copies::None => copies == 0.0,
