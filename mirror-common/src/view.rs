@@ -59,8 +59,6 @@ const _: () = assert!(size_of::<View>().is_multiple_of(8));
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NativeRun {
-    /// [`native_state`].
-    pub state: u32,
     /// Programs in `chain`.
     pub count: u32,
     /// The one running (index into `chain`).
@@ -73,6 +71,7 @@ pub struct NativeRun {
     /// Whether some program of the chain reads parsed fields (while the
     /// chain is written).
     pub fields: u32,
+    pub _pad: u32,
     /// The hook's selection run: what the verdicts are for, and what the
     /// chain's last program returns.
     pub run: u64,
@@ -81,13 +80,6 @@ pub struct NativeRun {
     pub chain: [u32; NATIVE_CHAIN],
 }
 const _: () = assert!(size_of::<NativeRun>() == 64);
-
-/// [`NativeRun::state`] values.
-pub mod native_state {
-    pub const IDLE: u32 = 0;
-    /// The chain is running.
-    pub const PENDING: u32 = 1;
-}
 
 /// `NATIVE_FILTERS` (a program array): a selector's index holds its native
 /// program.
@@ -109,7 +101,6 @@ pub mod offsets {
     pub const FIELDS: i16 = offset_of!(View, fields) as i16;
     pub const HEADER: i16 = offset_of!(View, header) as i16;
     const NATIVE: usize = offset_of!(View, native);
-    pub const NATIVE_STATE: i16 = (NATIVE + offset_of!(NativeRun, state)) as i16;
     pub const NATIVE_COUNT: i16 = (NATIVE + offset_of!(NativeRun, count)) as i16;
     pub const NATIVE_NEXT: i16 = (NATIVE + offset_of!(NativeRun, next)) as i16;
     pub const NATIVE_DECIDED: i16 = (NATIVE + offset_of!(NativeRun, decided)) as i16;

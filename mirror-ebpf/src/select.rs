@@ -18,7 +18,7 @@ use aya_ebpf::{
 use mirror_common::{
     FilterInsn, FilterSpec, MAX_SESSIONS, RateState, SELECTOR_BANKS, Selector, field, filter, parse,
     prefilter, selector_flags, selector_index, slot_flags,
-    view::{NATIVE_CHAIN, View, native_index, native_state},
+    view::{NATIVE_CHAIN, View, native_index},
     vm,
 };
 
@@ -193,9 +193,15 @@ fn native_verdict(run: u64, slot: u32) -> u32 {
 /// index of its first program, or `u32::MAX` if no slot has one. The
 /// caller tail-calls it.
 #[inline(always)]
-fn native_start(skb: *mut __sk_buff, number: u32, direction: u32, run: u64, class: u32) -> u32 {
+fn native_start(
+    view: *mut View,
+    skb: *mut __sk_buff,
+    number: u32,
+    direction: u32,
+    run: u64,
+    class: u32,
+) -> u32 {
     const NONE: u32 = u32::MAX;
-    let Some(view) = VIEW.get_ptr_mut(0) else { return NONE };
     let Some(entry) = crate::datapath::entry_at(number) else { return NONE };
     if run == 0 {
         return NONE;
@@ -252,7 +258,6 @@ fn native_start(skb: *mut __sk_buff, number: u32, direction: u32, run: u64, clas
         (*n).decided = 0;
         (*n).accepted = 0;
         (*n).run = run;
-        (*n).state = native_state::PENDING;
         (*n).chain[0] & native_index::INDEX_MASK
     }
 }
@@ -276,16 +281,14 @@ pub extern "C" fn run_start(skb: *mut __sk_buff, number: u32, flags: u32, class:
     if !is_copy && entry_flags & mirror_common::entry_flags::NO_RUN != 0 {
         return 0;
     }
-    let run = begin_run();
-    if !is_copy && entry_flags & mirror_common::entry_flags::FILTERS != 0 && run != 0 && !skb.is_null() {
-        let first = native_start(skb, number, direction, run, class);
+    let Some(view) = VIEW.get_ptr_mut(0) else { return 0 };
+    let run = begin_run(view);
+    if !is_copy && entry_flags & mirror_common::entry_flags::FILTERS != 0 && !skb.is_null() {
+        let first = native_start(view, skb, number, direction, run, class);
         if first != u32::MAX {
             // SAFETY: a tail call with the program's own context.
+            // Failed: `decided` stays 0, and the interpreter decides.
             unsafe { NATIVE_FILTERS.tail_call(&TcContext::new(skb), first) };
-            if let Some(view) = VIEW.get_ptr_mut(0) {
-                // SAFETY: as in `begin_run`.
-                unsafe { (*view).native.state = native_state::IDLE };
-            }
         }
     }
     run
@@ -328,11 +331,10 @@ fn random() -> u32 {
     }
 }
 
-/// Starts a selection run for the packet at hand: its number (0 if the
-/// view cannot be read).
+/// Starts a selection run for the packet at hand, in `view` (this CPU's):
+/// its number.
 #[inline(always)]
-fn begin_run() -> u64 {
-    let Some(view) = VIEW.get_ptr_mut(0) else { return 0 };
+fn begin_run(view: *mut View) -> u64 {
     // SAFETY: per-CPU value of this CPU; no other program runs on this CPU
     // while we do, except nested ones inside our own helper calls.
     unsafe {

@@ -277,34 +277,15 @@ fn a_nested_run_does_not_erase_the_outer_exclusive_claim() {
 /// whose program is missing from `NATIVE_FILTERS` (being replaced).
 #[test]
 fn native_filters_decide_and_the_interpreter_takes_what_they_cannot() {
-    use core::mem::offset_of;
-    use mirror_common::{
-        view::{View, native_state},
-        vm::Machine,
-    };
-    const POISON: u32 = 0xdead;
-    let pc = offset_of!(View, machine) + offset_of!(Machine, pc);
-    let word = |v: &[u8], at: usize| u32::from_le_bytes(v[at..at + 4].try_into().unwrap());
     let fx = Fixture::new("native");
     fx.ns.run(|| {
         let mut dp = fx.load_native();
-        // The interpreter, when it runs, sets the machine's pc.
-        let poison = |dp: &mut mirror_tests::datapath::Datapath| {
-            let mut v = dp.views()[0].clone();
-            v[pc..pc + 4].copy_from_slice(&POISON.to_le_bytes());
-            dp.set_views(&v);
-        };
-        let interpreted =
-            |dp: &mirror_tests::datapath::Datapath| dp.views().iter().any(|v| word(v, pc) != POISON);
-
         dp.set_sessions(&[TestSession::new(1).dry_run().program(program("tcp dst port 80"))]);
-        poison(&mut dp);
+        dp.poison_interpreter();
         assert!(dp.selects(1, &ipv4(6, A, B, 1000, 80, 60)));
         assert!(!dp.selects(1, &ipv4(6, A, B, 1000, 81, 60)));
         assert!(!dp.selects(1, &ipv4(17, A, B, 1000, 80, 60)), "the prefilter, or the native code");
-        assert!(!interpreted(&dp), "the interpreter ran a filter native code decides");
-        let state = offset_of!(View, native) + offset_of!(mirror_common::view::NativeRun, state);
-        assert!(dp.views().iter().all(|v| word(v, state) == native_state::IDLE), "a chain left behind");
+        assert!(!dp.interpreted(), "the interpreter ran a filter native code decides");
         assert_eq!(dp.packets(1, reason::FILTERED), 2);
 
         // A program without parsed fields reads the packet, past the
@@ -312,12 +293,12 @@ fn native_filters_decide_and_the_interpreter_takes_what_they_cannot() {
         dp.set_sessions(&[TestSession::new(1).dry_run().program(program("tcp and ether[150] = 7"))]);
         let mut long = ipv4(6, A, B, 1000, 80, 200);
         long[150] = 7;
-        poison(&mut dp);
+        dp.poison_interpreter();
         assert!(dp.selects(1, &long));
         long[150] = 8;
         assert!(!dp.selects(1, &long));
         assert!(!dp.selects(1, &ipv4(6, A, B, 1000, 80, 100)), "past the frame: rejected natively");
-        assert!(!interpreted(&dp), "the interpreter ran a filter native code decides");
+        assert!(!dp.interpreted(), "the interpreter ran a filter native code decides");
 
         // One with rules reads the view (parsed there): a byte past it goes
         // to the interpreter, which reads it from the packet.
@@ -332,11 +313,11 @@ fn native_filters_decide_and_the_interpreter_takes_what_they_cannot() {
             .dry_run()
             .program(filter::compile_selection(&both).unwrap().unwrap())]);
         long[150] = 7;
-        poison(&mut dp);
+        dp.poison_interpreter();
         assert!(!dp.selects(1, &ipv4(6, A, B, 1000, 81, 200)), "rejected by the rules, natively");
-        assert!(!interpreted(&dp), "the rules decided without the byte past the view");
+        assert!(!dp.interpreted(), "the rules decided without the byte past the view");
         assert!(dp.selects(1, &long));
-        assert!(interpreted(&dp), "native code cannot read past the view: the interpreter decides");
+        assert!(dp.interpreted(), "native code cannot read past the view: the interpreter decides");
         long[150] = 8;
         assert!(!dp.selects(1, &long));
 
@@ -346,21 +327,21 @@ fn native_filters_decide_and_the_interpreter_takes_what_they_cannot() {
             TestSession::new(1).dry_run().program(program("udp")),
             TestSession::new(2).dry_run().program(program("udp dst port 80")),
         ]);
-        poison(&mut dp);
+        dp.poison_interpreter();
         let second = |dp: &mirror_tests::datapath::Datapath| dp.packets(2, reason::DRY_RUN);
         assert!(dp.selects(1, &ipv4(17, A, B, 1000, 80, 60)));
         assert_eq!(second(&dp), 1, "the chain's second program accepted");
         assert!(dp.selects(1, &ipv4(17, A, B, 1000, 81, 60)));
         assert_eq!(second(&dp), 1, "the chain's second program rejected");
         assert_eq!(dp.packets(2, reason::FILTERED), 1);
-        assert!(!interpreted(&dp), "the interpreter ran a filter of the chain");
+        assert!(!dp.interpreted(), "the interpreter ran a filter of the chain");
 
         // The program gone from the array: the hook goes on without it.
         dp.set_sessions(&[TestSession::new(1).dry_run().program(program("tcp dst port 80"))]);
         dp.clear_native(mirror_common::selector_index(1, false));
-        poison(&mut dp);
+        dp.poison_interpreter();
         assert!(dp.selects(1, &ipv4(6, A, B, 1000, 80, 60)));
-        assert!(interpreted(&dp), "no native program: the interpreter decides");
+        assert!(dp.interpreted(), "no native program: the interpreter decides");
         assert!(!dp.selects(1, &ipv4(6, A, B, 1000, 81, 60)));
     });
 }

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use mirror_common::{
     FilterInsn, field,
     filter::{self, MEMWORDS, alu, cmp, op},
-    view::{native_state, offsets},
+    view::offsets,
 };
 
 /// One eBPF instruction (`struct bpf_insn`).
@@ -622,7 +622,6 @@ fn epilogue(e: &mut Emitter, maps: Maps) {
     // goes on from there with the run this returns; the interpreter
     // decides the slots no program did.
     e.label(Label::Back);
-    e.raw(c::ST | c::MEM | c::W, VIEW, 0, offsets::NATIVE_STATE, native_state::IDLE as i32);
     e.raw(c::LDX | c::MEM | c::DW, 0, VIEW, offsets::NATIVE_RUN, 0);
     e.raw(c::JMP | c::EXIT, 0, 0, 0, 0);
     // No view: run 0, for which the hook's slots select nothing they
@@ -646,7 +645,7 @@ fn chain_entry(e: &mut Emitter, dst: u8, index: u8) {
 /// and the two helpers it calls, no more.
 #[cfg(any(test, feature = "emulate"))]
 pub mod emulate {
-    use mirror_common::view::{NATIVE_CHAIN, View, native_index, native_state, offsets};
+    use mirror_common::view::{NATIVE_CHAIN, View, native_index, offsets};
 
     use super::{BpfInsn, Maps, c};
 
@@ -915,7 +914,6 @@ pub mod emulate {
                 SELECTORS[i] | SLOTS[i] << native_index::SLOT_SHIFT | 0xa5 << 24,
             );
         }
-        put(&mut view, offsets::NATIVE_STATE, native_state::PENDING);
         const RUN: u64 = 0x1234_5678_9abc;
         let at = offsets::NATIVE_RUN as usize;
         view[at..at + 8].copy_from_slice(&RUN.to_le_bytes());
@@ -933,7 +931,6 @@ pub mod emulate {
             "the chain's end returns the run to the hook"
         );
         let get = |off: i16| u32::from_le_bytes(view[off as usize..off as usize + 4].try_into().unwrap());
-        assert_eq!(get(offsets::NATIVE_STATE), native_state::IDLE);
         assert_eq!(get(offsets::NATIVE_NEXT), 2);
         let (decided, accepted) = (get(offsets::NATIVE_DECIDED), get(offsets::NATIVE_ACCEPTED));
         let both = 1 << SLOTS[0] | 1 << SLOTS[1];
