@@ -54,7 +54,7 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
 /// tests that want the switch set it).
 pub fn agent_command() -> Command {
     let mut cmd = Command::new(agent_bin());
-    cmd.env_remove("MIRROR_AGENT_NATIVE_FILTERS");
+    cmd.env_remove(mirror_agent::dataplane::native::SWITCH);
     cmd
 }
 

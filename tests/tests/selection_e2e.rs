@@ -683,7 +683,10 @@ fn native_filters_can_be_turned_off_and_filtering_goes_on() {
     assert_eq!(native(&agent.list(), 0), Value::Bool(true), "native by default");
     let switched_off = |args: &[&str]| {
         mirror_tests::run_command(
-            agent_command().env("MIRROR_AGENT_NATIVE_FILTERS", "0").args(["-n", &topo.host.name]).args(args),
+            agent_command()
+                .env(mirror_agent::dataplane::native::SWITCH, "0")
+                .args(["-n", &topo.host.name])
+                .args(args),
         )
     };
     let listed: Value =

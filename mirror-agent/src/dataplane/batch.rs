@@ -9,6 +9,8 @@ use std::{
 
 use mirror_common::Counter;
 
+use crate::dataplane::sys::bpf;
+
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
 /// `union bpf_attr` for the `BPF_MAP_*_BATCH` commands.
@@ -52,24 +54,12 @@ fn array_batch(map: BorrowedFd<'_>, entries: u32, value_bytes: usize) -> io::Res
         };
         // `in_batch` and `out_batch` may point to the same token: the
         // kernel reads the former before it writes the latter.
-        // SAFETY: every pointer in `attr` refers to a live buffer sized for
-        // `count` keys and `count` values; the size of `attr` is passed.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                std::ptr::from_mut(&mut attr),
-                size_of::<BatchAttr>(),
-            )
-        };
-        let done = if rc < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::ENOENT) {
-                return Err(err);
-            }
-            true
-        } else {
-            false
+        // Every pointer in `attr` refers to a live buffer sized for `count`
+        // keys and `count` values.
+        let done = match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(_) => false,
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(err) => return Err(err),
         };
         for (i, key) in keys.iter().enumerate().take(attr.count as usize) {
             if *key != read {
@@ -140,12 +130,7 @@ mod tests {
     use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
 
     use super::*;
-
-    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
-        // SAFETY: `attr` is a live prefix of `union bpf_attr` for `cmd`.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
-        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
-    }
+    use crate::dataplane::sys::{BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, MapElemAttr};
 
     /// Needs CAP_BPF (the test suite runs as root).
     #[test]
@@ -157,19 +142,13 @@ mod tests {
             value_size: u32,
             max_entries: u32,
         }
-        #[repr(C)]
-        struct Update {
-            map_fd: u32,
-            _pad: u32,
-            key: u64,
-            value: u64,
-            flags: u64,
-        }
         const PERCPU_ARRAY: u32 = 6;
         const ENTRIES: u32 = 20_000; // more than one chunk
-        let fd =
-            bpf(0, &mut Create { map_type: PERCPU_ARRAY, key_size: 4, value_size: 16, max_entries: ENTRIES })
-                .expect("BPF_MAP_CREATE");
+        let fd = bpf(
+            BPF_MAP_CREATE,
+            &mut Create { map_type: PERCPU_ARRAY, key_size: 4, value_size: 16, max_entries: ENTRIES },
+        )
+        .expect("BPF_MAP_CREATE");
         // SAFETY: a fresh fd nothing else owns.
         let map = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         let cpus = aya::util::nr_cpus().expect("cpus");
@@ -177,8 +156,8 @@ mod tests {
             let values: Vec<Counter> =
                 (0..cpus as u64).map(|c| Counter { packets: u64::from(key) + c, bytes: 1 }).collect();
             bpf(
-                2,
-                &mut Update {
+                BPF_MAP_UPDATE_ELEM,
+                &mut MapElemAttr {
                     map_fd: map.as_raw_fd() as u32,
                     _pad: 0,
                     key: std::ptr::from_ref(&key) as u64,

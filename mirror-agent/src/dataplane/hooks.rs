@@ -270,8 +270,8 @@ mod tcx_link {
         path::Path,
     };
 
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    use crate::dataplane::sys::{BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD, bpf};
+
     pub const BPF_LINK_TYPE_TCX: u32 = 11;
     pub const BPF_TCX_INGRESS: u32 = 46;
     pub const BPF_TCX_EGRESS: u32 = 47;
@@ -310,13 +310,6 @@ mod tcx_link {
         /// 0 once detached (by hand, or with its interface).
         pub ifindex: u32,
         pub attach_type: u32,
-    }
-
-    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-        // SAFETY: `attr` is a live, correctly laid out prefix of
-        // `union bpf_attr` for `cmd`, and its size is passed along.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
-        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
     }
 
     /// `Ok(None)`: there is no such pin.
@@ -497,10 +490,6 @@ fn attach(ebpf: &mut aya::Ebpf, layout: &Layout, hook: Hook, use_tcx: bool) -> R
     if prog.fd().is_err() {
         prog.load().with_context(|| format!("loading {} (verifier)", hook.kind.program()))?;
     }
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(hook.kind.program())
-        .with_context(|| format!("program {} missing from the object", hook.kind.program()))?
-        .try_into()?;
     let ctx = || format!("attaching {} to {ifname}", hook.kind.program());
     if use_tcx {
         let id = prog

@@ -9,3 +9,4 @@ pub mod rcu;
 pub mod selection;
 pub mod sessions;
 pub mod store;
+pub mod sys;

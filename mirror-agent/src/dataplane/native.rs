@@ -12,18 +12,21 @@ use std::{
 use anyhow::{Context, Result, bail};
 use mirror_common::{FilterInsn, selector_flags};
 
-use crate::filter::native::{self, BpfInsn, Maps, Source};
+use crate::{
+    dataplane::sys::{BPF_MAP_DELETE_ELEM, BPF_MAP_UPDATE_ELEM, BPF_PROG_LOAD, MapElemAttr, bpf},
+    filter::native::{self, BpfInsn, Maps, Source},
+};
 
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+
+/// The environment variable that turns native filters off when `0`.
+pub const SWITCH: &str = "MIRROR_AGENT_NATIVE_FILTERS";
 
 /// Whether selections get native programs: on, unless the environment
 /// says `MIRROR_AGENT_NATIVE_FILTERS=0` (the interpreter then runs every
 /// filter; an escape hatch, and how tests hold both paths to tcpdump).
 pub fn enabled() -> bool {
-    std::env::var_os("MIRROR_AGENT_NATIVE_FILTERS").is_none_or(|v| v != "0")
+    std::env::var_os(SWITCH).is_none_or(|v| v != "0")
 }
 
 /// `bpf_attr` for `BPF_PROG_LOAD`, up to `expected_attach_type`.
@@ -44,23 +47,6 @@ struct ProgLoadAttr {
     expected_attach_type: u32,
 }
 
-/// `bpf_attr` for the element commands.
-#[repr(C)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-fn bpf(cmd: libc::c_long, attr: *mut libc::c_void, size: usize) -> std::io::Result<libc::c_long> {
-    // SAFETY: `attr` points to a live, initialized `bpf_attr` prefix of
-    // `size` bytes whose pointers are valid for the call.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) };
-    if ret < 0 { Err(std::io::Error::last_os_error()) } else { Ok(ret) }
-}
-
 /// Loads `insns` as a tc program named `name`; the verifier's log is in
 /// the error.
 pub fn load(insns: &[BpfInsn], name: &str) -> Result<OwnedFd> {
@@ -77,7 +63,7 @@ pub fn load(insns: &[BpfInsn], name: &str) -> Result<OwnedFd> {
         prog_name,
         ..Default::default()
     };
-    match bpf(BPF_PROG_LOAD, (&raw mut attr).cast(), size_of::<ProgLoadAttr>()) {
+    match bpf(BPF_PROG_LOAD, &mut attr) {
         // SAFETY: the kernel returned a new file descriptor that we own.
         Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
         Err(first) => {
@@ -86,7 +72,7 @@ pub fn load(insns: &[BpfInsn], name: &str) -> Result<OwnedFd> {
             attr.log_level = 1;
             attr.log_size = log.len() as u32;
             attr.log_buf = log.as_mut_ptr() as u64;
-            let again = bpf(BPF_PROG_LOAD, (&raw mut attr).cast(), size_of::<ProgLoadAttr>());
+            let again = bpf(BPF_PROG_LOAD, &mut attr);
             if let Ok(fd) = again {
                 // SAFETY: as above.
                 drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
@@ -102,14 +88,14 @@ pub fn load(insns: &[BpfInsn], name: &str) -> Result<OwnedFd> {
 
 fn elem(cmd: libc::c_long, map: BorrowedFd<'_>, index: u32, value: Option<u32>) -> std::io::Result<()> {
     let value = value.unwrap_or(0);
-    let mut attr = ElemAttr {
+    let mut attr = MapElemAttr {
         map_fd: map.as_raw_fd() as u32,
         _pad: 0,
         key: (&raw const index) as u64,
         value: if cmd == BPF_MAP_UPDATE_ELEM { (&raw const value) as u64 } else { 0 },
         flags: 0,
     };
-    bpf(cmd, (&raw mut attr).cast(), size_of::<ElemAttr>()).map(drop)
+    bpf(cmd, &mut attr).map(drop)
 }
 
 /// Points `NATIVE_FILTERS[index]` at `program`.

@@ -15,8 +15,8 @@ use std::{
 
 use anyhow::{Result, bail};
 
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+use crate::dataplane::sys::{BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, MapElemAttr, bpf};
+
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
 
@@ -31,23 +31,6 @@ struct MapCreateAttr {
     max_entries: u32,
     map_flags: u32,
     inner_map_fd: u32,
-}
-
-/// `union bpf_attr` for `BPF_MAP_UPDATE_ELEM`.
-#[repr(C)]
-struct MapUpdateAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a live, correctly laid out prefix of `union bpf_attr`
-    // for `cmd`, and its size is passed along.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
 }
 
 fn create_map(attr: &mut MapCreateAttr) -> io::Result<OwnedFd> {
@@ -78,7 +61,7 @@ fn grace_period_via_map_of_maps() -> io::Result<()> {
     let value: u32 = inner.as_raw_fd() as u32;
     bpf(
         BPF_MAP_UPDATE_ELEM,
-        &mut MapUpdateAttr {
+        &mut MapElemAttr {
             map_fd: outer.as_raw_fd() as u32,
             _pad: 0,
             key: std::ptr::from_ref(&key) as u64,

@@ -366,7 +366,7 @@ pub fn apply(
         return Ok(created);
     }
     store.check_layout()?;
-    store.turn_native_off_if_disabled(layout)?;
+    store.turn_native_off_if_disabled()?;
     // 1. Sources that go away.
     let mut removed_any = false;
     for change in changes {

@@ -266,8 +266,10 @@ pub struct Store {
     /// `VIEW` and `NATIVE_FILTERS`, when native filters are on and the
     /// pinned maps have them.
     native: Option<(MapData, MapData)>,
+    /// `NATIVE_FILTERS` while native filters are switched off.
+    switched_off: Option<MapData>,
     /// The pinned VIEW is not this build's: why, if so.
-    view_layout: Option<anyhow::Error>,
+    view_layout: Option<String>,
     /// `FILTER_INSNS` ranges in use; read from the selectors when first needed.
     pool: Option<InsnPool>,
     /// Selector banks unpublished since the last grace period (programs may
@@ -322,9 +324,9 @@ impl Store {
             <[MapData; 5]>::try_from(maps).expect("five maps");
         let dir = layout.dir.display().to_string();
         // Earlier builds kept one 16-byte counter per reason in COUNTERS.
-        let value_size = counters.info().context("reading COUNTERS' definition")?.value_size() as usize;
-        if value_size == 16 {
-            return Err(InputError::CounterLayout { dir, value_size }.into());
+        let counter_bytes = value_size(names::COUNTERS, &counters)?;
+        if counter_bytes == 16 {
+            return Err(InputError::CounterLayout { dir, value_size: counter_bytes }.into());
         }
         check_value_size(&dir, names::COUNTERS, &counters, size_of::<DirectionCounters>())?;
         check_value_size(&dir, names::SESSIONS, &sessions, size_of::<SessionConfig>())?;
@@ -351,9 +353,9 @@ impl Store {
         let want = size_of::<mirror_common::view::View>();
         let view_layout = match &view {
             Some(v) => {
-                let have = v.info().context("reading VIEW's definition")?.value_size() as usize;
+                let have = value_size(names::VIEW, v)?;
                 (have != want).then(|| {
-                    anyhow::anyhow!(
+                    format!(
                         "{dir}: its VIEW map has {have}-byte values, this build's programs read {want}: it was \
                          made by an earlier build, whose sessions this build can list and detach but not \
                          change; `detach --all` (or `gc`), then attach again"
@@ -365,7 +367,11 @@ impl Store {
         if view_layout.is_some() {
             view = None;
         }
-        let native_array = open_pinned(layout, names::NATIVE_FILTERS)?.filter(|_| native::enabled());
+        // Switched off, the array is kept only to be emptied before a change.
+        let (native_array, switched_off) = match open_pinned(layout, names::NATIVE_FILTERS)? {
+            Some(array) if !native::enabled() => (None, Some(array)),
+            array => (array, None),
+        };
         let mut store = Self {
             index: IndexMapping::new(index)?,
             overflow: HashMap::try_from(Map::HashMap(overflow))?,
@@ -377,6 +383,7 @@ impl Store {
             specs: HashMap::try_from(Map::HashMap(specs))?,
             rate: Array::try_from(Map::Array(rate))?,
             native: view.and_then(|view| native_array.map(|array| (view, array))),
+            switched_off,
             view_layout,
             pool: None,
             retired_banks: BTreeSet::new(),
@@ -750,7 +757,7 @@ impl Store {
     /// asks before any change.
     pub fn check_layout(&self) -> Result<()> {
         match &self.view_layout {
-            Some(e) => Err(anyhow::anyhow!("{e:#}")),
+            Some(why) => Err(anyhow::anyhow!("{why}")),
             None => Ok(()),
         }
     }
@@ -760,15 +767,8 @@ impl Store {
     /// and the array empties, so that every filter is interpreted from now
     /// on (until written again without the switch). Safe at any moment: a
     /// hook that still finds the flag finds no program, and interprets.
-    pub fn turn_native_off_if_disabled(&mut self, layout: &Layout) -> Result<()> {
-        if native::enabled() {
-            return Ok(());
-        }
-        let Some(array) = open_pinned(layout, names::NATIVE_FILTERS)? else { return Ok(()) };
-        self.turn_native_off(&array)
-    }
-
-    fn turn_native_off(&mut self, array: &MapData) -> Result<()> {
+    pub fn turn_native_off_if_disabled(&mut self) -> Result<()> {
+        let Some(array) = self.switched_off.take() else { return Ok(()) };
         let mut cleared = 0;
         for index in 0..SELECTOR_BANKS {
             let mut selector = self.selectors.get(&index, 0).context("reading SELECTORS")?;
@@ -1054,8 +1054,13 @@ fn slot_of(id: u32, config: &SessionConfig) -> SessionSlot {
 }
 
 /// Refuses state whose map `name` has another value size than this build's.
+/// Bytes of `map`'s values, as the kernel has it.
+fn value_size(name: &str, map: &MapData) -> Result<usize> {
+    Ok(map.info().with_context(|| format!("reading {name}'s definition"))?.value_size() as usize)
+}
+
 fn check_value_size(dir: &str, name: &str, map: &MapData, want: usize) -> Result<()> {
-    let have = map.info().with_context(|| format!("reading {name}'s definition"))?.value_size() as usize;
+    let have = value_size(name, map)?;
     if have != want {
         return Err(InputError::StateLayout {
             dir: dir.to_owned(),

@@ -345,11 +345,10 @@ impl Emitter {
     }
 
     fn alu(&mut self, operation: u8, operand: Operand) {
-        let (opcode, source, imm, src) = match operand {
-            Operand::K(k) => (0, c::K, k as i32, 0),
-            Operand::X => (0, c::X, 0, X),
+        let (source, imm, src) = match operand {
+            Operand::K(k) => (c::K, k as i32, 0),
+            Operand::X => (c::X, 0, X),
         };
-        let _ = opcode;
         let bpf_op = match operation {
             alu::ADD => c::ADD,
             alu::SUB => c::SUB,
@@ -645,7 +644,7 @@ fn chain_entry(e: &mut Emitter, dst: u8, index: u8) {
 /// and the two helpers it calls, no more.
 #[cfg(any(test, feature = "emulate"))]
 pub mod emulate {
-    use mirror_common::view::{NATIVE_CHAIN, View, native_index, offsets};
+    use mirror_common::view::{View, native_index, offsets};
 
     use super::{BpfInsn, Maps, c};
 
@@ -938,7 +937,6 @@ pub mod emulate {
         assert!(decided == 0 || decided == both, "the two runs disagree: {decided:#x}");
         assert_eq!(accepted & !decided, 0, "accepted only if decided");
         assert!(accepted == 0 || accepted == both, "the two runs disagree: {accepted:#x}");
-        let _ = NATIVE_CHAIN;
         let verdict = (decided != 0).then_some(accepted != 0);
         let whole = match source {
             super::Source::View => frame.bytes.len() <= mirror_common::filter::HEADER_BYTES as usize,
