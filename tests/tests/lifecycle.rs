@@ -186,22 +186,24 @@ fn netlink_clsact_outlives_the_hook_that_created_it_while_others_use_it() {
 /// Detaches a pinned bpf_link the way `bpftool link detach` does:
 /// BPF_OBJ_GET on the pin, then BPF_LINK_DETACH.
 fn force_detach_link(pin: &std::path::Path) {
-    use std::os::unix::ffi::OsStrExt as _;
-    const BPF_OBJ_GET: libc::c_long = 7;
+    use std::os::{
+        fd::{FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    };
+
+    use mirror_agent::dataplane::sys::{BPF_OBJ_GET, bpf};
     const BPF_LINK_DETACH: libc::c_long = 34;
     let path = std::ffi::CString::new(pin.as_os_str().as_bytes()).unwrap();
+    // Zeroed attrs: the path, then the link's fd, in the first word.
     let mut attr = [0u64; 16];
     attr[0] = path.as_ptr() as u64;
-    // SAFETY: bpf(2) with a zeroed attr holding a valid C string pointer.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), 128) };
-    assert!(fd >= 0, "BPF_OBJ_GET {}: {}", pin.display(), std::io::Error::last_os_error());
+    let fd = bpf(BPF_OBJ_GET, &mut attr).unwrap_or_else(|e| panic!("BPF_OBJ_GET {}: {e}", pin.display()));
+    // SAFETY: a new fd nothing else owns; closed on drop.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let mut attr = [0u64; 16];
     attr[0] = fd as u64;
-    // SAFETY: bpf(2) with a zeroed attr holding the link fd.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), 128) };
-    assert_eq!(rc, 0, "BPF_LINK_DETACH: {}", std::io::Error::last_os_error());
-    // SAFETY: closing the fd we got above.
-    unsafe { libc::close(fd as i32) };
+    bpf(BPF_LINK_DETACH, &mut attr).expect("BPF_LINK_DETACH");
+    drop(link);
 }
 
 #[test]
